@@ -1,0 +1,257 @@
+//! Leveled compaction: [`pick`] is a pure function from the tree's shape to a task; the
+//! worker ([`run`]) merges the task's tables into new ones. The engine installs the result
+//! in a new version and manifest, then deletes the inputs.
+//!
+//! Invariants kept:
+//! - For any key, a version in level i is newer than any version in level i+1 (L0 is
+//!   compacted whole, so newer L0 tables never sit below older data).
+//! - Tables of L1.. have disjoint user-key ranges: all versions of a key go to one table.
+//! - Versions still visible to a live snapshot (ts > watermark, and the newest at or below
+//!   it) are kept; tombstones and expired entries are dropped only when nothing below the
+//!   output level could hold an older version of the key.
+
+use std::sync::Arc;
+
+use crate::entry::Record;
+use crate::iter::{Merge, RunSource, Source};
+use crate::table::{Table, TableBuilder, TableMeta};
+use crate::version::NUM_LEVELS;
+use crate::Result;
+
+/// The shape parameters compaction decisions depend on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) l0_trigger: usize,
+    pub(crate) base_level_size: u64,
+    pub(crate) multiplier: u64,
+}
+
+/// What to compact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Task {
+    /// Level the inputs come from.
+    pub(crate) level: usize,
+    /// Input tables of `level`.
+    pub(crate) inputs: Vec<u64>,
+    /// Overlapping tables of `level + 1`.
+    pub(crate) next_inputs: Vec<u64>,
+    /// No level below `level + 1` overlaps the inputs: tombstones may be dropped.
+    pub(crate) bottom: bool,
+    /// One input, nothing overlapping below: the table can be moved without rewriting.
+    pub(crate) trivial_move: bool,
+}
+
+fn overlaps(t: &TableMeta, lo: &[u8], hi: &[u8]) -> bool {
+    t.smallest.as_slice() <= hi && t.largest.as_slice() >= lo
+}
+
+fn level_target(p: &Policy, level: usize) -> u64 {
+    p.base_level_size
+        .saturating_mul(p.multiplier.saturating_pow(level.saturating_sub(1) as u32))
+}
+
+/// Chooses the next compaction, if any level is over its budget.
+pub(crate) fn pick(levels: &[Vec<TableMeta>], p: &Policy) -> Option<Task> {
+    if levels[0].len() >= p.l0_trigger.max(1) {
+        return Some(make_task(levels, 0, levels[0].iter().collect()));
+    }
+    let mut best: Option<(f64, usize)> = None;
+    for (level, tables) in levels.iter().enumerate().take(NUM_LEVELS - 1).skip(1) {
+        let size: u64 = tables.iter().map(|t| t.size).sum();
+        let score = size as f64 / level_target(p, level) as f64;
+        if score > 1.0 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, level));
+        }
+    }
+    let (_, level) = best?;
+    // The table whose rewrite costs least per byte moved: smallest overlap with the next level.
+    let next = &levels[level + 1];
+    let input = levels[level].iter().min_by_key(|t| {
+        let overlap: u64 = next
+            .iter()
+            .filter(|n| overlaps(n, &t.smallest, &t.largest))
+            .map(|n| n.size)
+            .sum();
+        (overlap.saturating_mul(1024) / t.size.max(1), t.file_no)
+    })?;
+    Some(make_task(levels, level, vec![input]))
+}
+
+fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
+    let lo = inputs
+        .iter()
+        .map(|t| t.smallest.as_slice())
+        .min()
+        .unwrap_or_default();
+    let hi = inputs
+        .iter()
+        .map(|t| t.largest.as_slice())
+        .max()
+        .unwrap_or_default();
+    let next_inputs: Vec<u64> = levels[level + 1]
+        .iter()
+        .filter(|t| overlaps(t, lo, hi))
+        .map(|t| t.file_no)
+        .collect();
+    let bottom = levels[level + 2..]
+        .iter()
+        .flatten()
+        .all(|t| !overlaps(t, lo, hi));
+    Task {
+        level,
+        trivial_move: inputs.len() == 1 && next_inputs.is_empty() && level > 0,
+        inputs: inputs.iter().map(|t| t.file_no).collect(),
+        next_inputs,
+        bottom,
+    }
+}
+
+/// What the worker needs besides the inputs.
+pub(crate) struct Output<'a> {
+    pub(crate) new_table: &'a mut dyn FnMut() -> Result<TableBuilder>,
+    pub(crate) bits_per_key: usize,
+    pub(crate) target_file_size: u64,
+    pub(crate) watermark: u64,
+    pub(crate) now: u64,
+}
+
+/// Merges the input tables (L0 tables are runs of one; a level is one run) into new tables.
+pub(crate) fn run(
+    level_inputs: Vec<Arc<Table>>,
+    level: usize,
+    next_inputs: Vec<Arc<Table>>,
+    bottom: bool,
+    out: Output<'_>,
+) -> Result<Vec<TableMeta>> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if level == 0 {
+        for t in level_inputs {
+            sources.push(Box::new(RunSource::new(vec![t], Default::default())?));
+        }
+    } else {
+        sources.push(Box::new(RunSource::new(level_inputs, Default::default())?));
+    }
+    if !next_inputs.is_empty() {
+        sources.push(Box::new(RunSource::new(next_inputs, Default::default())?));
+    }
+    let mut merge = Merge::new(sources, false);
+    let mut outputs = Vec::new();
+    let mut builder: Option<TableBuilder> = None;
+    let mut group_key: Option<Vec<u8>> = None;
+    let mut seen_visible = false;
+    while let Some(r) = merge.next_record()? {
+        let new_key = group_key.as_deref() != Some(r.key.as_slice());
+        if new_key {
+            seen_visible = false;
+            // Split only between user keys, so levels keep disjoint key ranges.
+            if let Some(b) = &builder {
+                if b.estimated_size() >= out.target_file_size {
+                    let b = builder.take().expect("checked");
+                    outputs.push(b.finish(out.bits_per_key)?);
+                }
+            }
+            group_key = Some(r.key.clone());
+        }
+        if !keep(&r, &mut seen_visible, bottom, out.watermark, out.now) {
+            continue;
+        }
+        if builder.is_none() {
+            builder = Some((out.new_table)()?);
+        }
+        builder.as_mut().expect("set").add(r.as_ref())?;
+    }
+    if let Some(b) = builder {
+        if !b.is_empty() {
+            outputs.push(b.finish(out.bits_per_key)?);
+        }
+    }
+    Ok(outputs)
+}
+
+/// The retention rule for one version, seen in internal order within its key.
+fn keep(r: &Record, seen_visible: &mut bool, bottom: bool, watermark: u64, now: u64) -> bool {
+    if r.ts > watermark {
+        return true;
+    }
+    if *seen_visible {
+        return false;
+    }
+    *seen_visible = true;
+    !(bottom && !r.is_live(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(no: u64, lo: &str, hi: &str, size: u64) -> TableMeta {
+        TableMeta {
+            file_no: no,
+            size,
+            key_id: 0,
+            entries: 1,
+            smallest: lo.as_bytes().to_vec(),
+            largest: hi.as_bytes().to_vec(),
+            max_ts: 1,
+        }
+    }
+
+    const P: Policy = Policy {
+        l0_trigger: 2,
+        base_level_size: 100,
+        multiplier: 10,
+    };
+
+    #[test]
+    fn l0_compacts_whole_with_overlapping_l1() {
+        let mut levels = vec![Vec::new(); NUM_LEVELS];
+        levels[0] = vec![meta(5, "c", "f", 10), meta(4, "a", "d", 10)];
+        levels[1] = vec![
+            meta(1, "a", "b", 10),
+            meta(2, "e", "g", 10),
+            meta(3, "x", "z", 10),
+        ];
+        let t = pick(&levels, &P).unwrap();
+        assert_eq!(t.level, 0);
+        assert_eq!(t.inputs, vec![5, 4]);
+        assert_eq!(t.next_inputs, vec![1, 2]);
+        assert!(t.bottom && !t.trivial_move);
+    }
+
+    #[test]
+    fn oversized_level_picks_least_overlap_and_knows_the_bottom() {
+        let mut levels = vec![Vec::new(); NUM_LEVELS];
+        levels[1] = vec![meta(1, "a", "c", 80), meta(2, "m", "p", 80)];
+        levels[2] = vec![meta(3, "a", "b", 500)];
+        levels[3] = vec![meta(4, "a", "a", 5)];
+        let t = pick(&levels, &P).unwrap();
+        assert_eq!((t.level, t.inputs.clone()), (1, vec![2]));
+        assert!(t.trivial_move && t.bottom);
+        levels[1].pop();
+        assert_eq!(pick(&levels, &P), None);
+    }
+
+    #[test]
+    fn retention_keeps_snapshot_versions() {
+        let rec = |ts, kind| Record {
+            key: b"k".to_vec(),
+            ts,
+            kind,
+            expires_at: 0,
+            value: vec![],
+        };
+        use crate::entry::Kind::*;
+        let mut seen = false;
+        let kept: Vec<bool> = [rec(9, Put), rec(5, Delete), rec(3, Put), rec(1, Put)]
+            .iter()
+            .map(|r| keep(r, &mut seen, true, 6, 0))
+            .collect();
+        assert_eq!(kept, vec![true, false, false, false]);
+        let mut seen = false;
+        let kept: Vec<bool> = [rec(5, Delete), rec(3, Put)]
+            .iter()
+            .map(|r| keep(r, &mut seen, false, 6, 0))
+            .collect();
+        assert_eq!(kept, vec![true, false]);
+    }
+}

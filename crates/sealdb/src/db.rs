@@ -1,0 +1,1104 @@
+//! The database: opening and recovery, the commit path, point reads, background flush and
+//! compaction, info and verification.
+//!
+//! Lock order (never taken in the other order): `commit` → `edit` → `sv`.
+//! - `commit` serializes commits: conflict check, timestamp, WAL append, memtable insert.
+//! - `edit` serializes changes to the tree (flush and compaction installs, manifest writes).
+//! - `sv` guards the current [`SuperVersion`]; readers hold it only to clone an `Arc`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::compaction::{self, Policy, Task};
+use crate::entry::{Kind, Record};
+use crate::fs::{StdStorage, Storage};
+use crate::iter::{MemSource, Merge, RunSource, Source, VecSource};
+use crate::keys::{now_secs, KeyProvider, KeyRing, StoreId, REGISTRY_FILE};
+use crate::memtable::Memtable;
+use crate::mvcc::{fingerprint, Oracle};
+use crate::table::{self, BlockCache, Table, TableBuilder, TableMeta};
+use crate::version::{self, ManifestState, Version, MANIFEST, NUM_LEVELS};
+use crate::wal::{self, WalWriter};
+use crate::{Error, Result};
+
+/// Largest key accepted (bytes).
+pub const MAX_KEY_SIZE: usize = 65_535;
+/// Largest value accepted (bytes).
+pub const MAX_VALUE_SIZE: usize = 256 << 20;
+
+/// How to open a store. `Options::default()` gives an unencrypted store with Badger-like
+/// budgets; see each field for its memory cost.
+#[derive(Clone)]
+pub struct Options {
+    /// Create the store if the directory holds none (default: true).
+    pub create_if_missing: bool,
+    /// Fsync the WAL on every commit (default: false; a commit is then durable once the
+    /// OS writes it back, and survives a process crash but not a machine crash).
+    pub sync_writes: bool,
+    /// Size at which the active memtable is frozen and a new one started (default 64 MiB).
+    pub memtable_size: usize,
+    /// Frozen memtables allowed before writers stall (default 2). Memtable memory is bounded
+    /// by `memtable_size × (1 + max_immutable_memtables)`.
+    pub max_immutable_memtables: usize,
+    /// Target plaintext size of a table data block (default 4 KiB).
+    pub block_size: usize,
+    /// Budget of the decrypted block cache (default 256 MiB).
+    pub block_cache_size: usize,
+    /// Bloom filter bits per key (default 10, about 1% false positives).
+    pub bloom_bits_per_key: usize,
+    /// L0 tables that trigger a compaction into L1 (default 4).
+    pub level0_compaction_trigger: usize,
+    /// L0 tables at which writers stall until compaction catches up (default 12).
+    pub level0_stall: usize,
+    /// Size budget of L1 (default 256 MiB); each deeper level is `level_size_multiplier`
+    /// times larger.
+    pub base_level_size: u64,
+    /// Growth factor between levels (default 10).
+    pub level_size_multiplier: u64,
+    /// Target size of tables written by compaction (default 64 MiB).
+    pub target_file_size: u64,
+    /// Run flush and compaction threads (default true). Without them, writes stall once the
+    /// frozen memtables are full: use only for tests that drive the tree by hand.
+    pub background_threads: bool,
+    /// The key provider; `None` opens an unencrypted store.
+    pub key_provider: Option<Arc<dyn KeyProvider>>,
+    /// The storage backend; `None` uses real files in the directory given to [`Db::open`].
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: true,
+            sync_writes: false,
+            memtable_size: 64 << 20,
+            max_immutable_memtables: 2,
+            block_size: 4096,
+            block_cache_size: 256 << 20,
+            bloom_bits_per_key: 10,
+            level0_compaction_trigger: 4,
+            level0_stall: 12,
+            base_level_size: 256 << 20,
+            level_size_multiplier: 10,
+            target_file_size: 64 << 20,
+            background_threads: true,
+            key_provider: None,
+            storage: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("sync_writes", &self.sync_writes)
+            .field("memtable_size", &self.memtable_size)
+            .field("block_cache_size", &self.block_cache_size)
+            .field("encrypted", &self.key_provider.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// Uses a host-mode master key read from `path` (32 raw bytes or 64 hex digits).
+    pub fn with_key_file(mut self, path: &Path) -> Result<Self> {
+        self.key_provider = Some(Arc::new(crate::keys::HostKeyProvider::from_key_file(path)?));
+        Ok(self)
+    }
+}
+
+/// The readable state: active memtable, frozen memtables (oldest first) and tables.
+pub(crate) struct SuperVersion {
+    pub(crate) mem: Arc<Memtable>,
+    pub(crate) imms: Vec<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+}
+
+struct CommitState {
+    wal: WalWriter,
+}
+
+struct EditState {
+    manifest: ManifestState,
+}
+
+#[derive(Default)]
+struct BgState {
+    closing: bool,
+    flush_busy: bool,
+    compaction_busy: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) keys: KeyRing,
+    pub(crate) opts: Options,
+    cache: Arc<BlockCache>,
+    sv: RwLock<Arc<SuperVersion>>,
+    commit: Mutex<CommitState>,
+    edit: Mutex<EditState>,
+    pub(crate) oracle: Arc<Oracle>,
+    bg: Mutex<BgState>,
+    bg_cv: Condvar,
+    next_file_no: AtomicU64,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    stall_count: AtomicU64,
+    compactions: AtomicU64,
+    _lock: Option<std::fs::File>,
+}
+
+/// An open store. Cheap to share across threads (`&Db` is `Sync`); close with [`Db::close`]
+/// or by dropping it.
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("location", &self.inner.storage.location())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("LOCK", e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("LOCK", e)),
+    }
+}
+
+/// What opening found: the key ring and whether the store is new.
+fn open_keys(storage: &dyn Storage, opts: &Options) -> Result<(KeyRing, bool)> {
+    let loc = storage.location();
+    let has_registry = storage.exists(REGISTRY_FILE);
+    let has_manifest = storage.exists(MANIFEST);
+    match (&opts.key_provider, has_registry, has_manifest) {
+        (None, true, _) => Err(Error::KeyRequired(loc)),
+        (Some(p), true, _) => Ok((KeyRing::load(storage, p.clone())?, false)),
+        (Some(_), false, true) => {
+            let buf = storage
+                .read_all(MANIFEST)
+                .map_err(|e| Error::io(MANIFEST, e))?;
+            if version::decode_header(&buf)?.encrypted {
+                Err(Error::integrity(
+                    REGISTRY_FILE,
+                    0,
+                    "the key registry of an encrypted store is missing",
+                ))
+            } else {
+                Err(Error::NotEncrypted(loc))
+            }
+        }
+        (None, false, true) => {
+            let buf = storage
+                .read_all(MANIFEST)
+                .map_err(|e| Error::io(MANIFEST, e))?;
+            let h = version::decode_header(&buf)?;
+            if h.encrypted {
+                return Err(Error::integrity(
+                    REGISTRY_FILE,
+                    0,
+                    "the key registry of an encrypted store is missing",
+                ));
+            }
+            Ok((KeyRing::plain(h.store_id), false))
+        }
+        (_, false, false) => {
+            if !opts.create_if_missing {
+                return Err(Error::NotFound(loc));
+            }
+            let mut store_id: StoreId = [0; 16];
+            sealdb_crypto::fill_random(&mut store_id)?;
+            let ring = match &opts.key_provider {
+                Some(p) => KeyRing::create(storage, store_id, p.clone())?,
+                None => KeyRing::plain(store_id),
+            };
+            Ok((ring, true))
+        }
+    }
+}
+
+fn parse_file_no(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
+    (stem.len() >= 6 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+impl Db {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// An encrypted store is checked against the master key before anything else is read,
+    /// and nothing is written when the key is missing or wrong.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let dir = dir.as_ref();
+        let (storage, lock): (Arc<dyn Storage>, _) = match &opts.storage {
+            Some(s) => (s.clone(), None),
+            None => {
+                if !dir.exists() && !opts.create_if_missing {
+                    return Err(Error::NotFound(dir.to_path_buf()));
+                }
+                let s = StdStorage::new(dir, opts.create_if_missing)
+                    .map_err(|e| Error::io(dir.display().to_string(), e))?;
+                (Arc::new(s), None::<std::fs::File>)
+            }
+        };
+        // Key check first: a missing or wrong key changes no file (not even LOCK).
+        let (keys, is_new) = open_keys(storage.as_ref(), &opts)?;
+        let lock = match (&opts.storage, lock) {
+            (None, _) => Some(lock_dir(dir)?),
+            (Some(_), l) => l,
+        };
+        let cache = Arc::new(table::new_cache(opts.block_cache_size));
+        let mut manifest = if is_new {
+            let m = ManifestState {
+                generation: 1,
+                next_file_no: 1,
+                log_no: 0,
+                last_ts: 0,
+                levels: vec![Vec::new(); NUM_LEVELS],
+            };
+            version::write_manifest(storage.as_ref(), &keys, &m)?;
+            m
+        } else {
+            version::read_manifest(storage.as_ref(), &keys)?
+        };
+
+        let mut version = Version::empty();
+        let mut live_tables = BTreeSet::new();
+        let mut max_ts = manifest.last_ts;
+        for (level, metas) in manifest.levels.iter().enumerate() {
+            for m in metas {
+                let t = Table::open(storage.as_ref(), &keys, m.file_no, cache.clone())?;
+                if t.meta.smallest != m.smallest
+                    || t.meta.largest != m.largest
+                    || t.meta.key_id != m.key_id
+                {
+                    return Err(Error::integrity(
+                        t.name(),
+                        0,
+                        "table does not match its manifest entry",
+                    ));
+                }
+                max_ts = max_ts.max(t.meta.max_ts);
+                live_tables.insert(m.file_no);
+                version.levels[level].push(Arc::new(t));
+            }
+        }
+        version.normalize();
+
+        let names = storage.list().map_err(|e| Error::io(".", e))?;
+        let mut max_file_no = manifest.next_file_no;
+        let mut wals = Vec::new();
+        for name in &names {
+            if let Some(n) = parse_file_no(name, ".wal") {
+                max_file_no = max_file_no.max(n + 1);
+                if n >= manifest.log_no {
+                    wals.push(n);
+                }
+            } else if let Some(n) = parse_file_no(name, ".sst") {
+                max_file_no = max_file_no.max(n + 1);
+            }
+        }
+        wals.sort_unstable();
+        let mut imms = Vec::new();
+        for &no in &wals {
+            let mem = Memtable::new(no);
+            wal::replay(storage.as_ref(), &keys, no, |r| {
+                max_ts = max_ts.max(r.ts);
+                mem.insert(r.to_owned());
+            })?;
+            if mem.is_empty() {
+                continue;
+            }
+            imms.push(Arc::new(mem));
+        }
+        // Obsolete files: tables not in the manifest (an unfinished flush or compaction),
+        // logs already in tables, temporary files.
+        for name in &names {
+            let obsolete = match (parse_file_no(name, ".sst"), parse_file_no(name, ".wal")) {
+                (Some(n), _) => !live_tables.contains(&n),
+                (_, Some(n)) => {
+                    n < manifest.log_no
+                        || (wals.contains(&n) && !imms.iter().any(|m| m.wal_no == n))
+                }
+                _ => name.ends_with(".tmp"),
+            };
+            if obsolete {
+                storage
+                    .remove(name)
+                    .map_err(|e| Error::io(name.as_str(), e))?;
+            }
+        }
+
+        let wal_no = max_file_no;
+        manifest.next_file_no = wal_no + 1;
+        let wal = WalWriter::create(storage.as_ref(), wal_no, keys.active_sealer())?;
+        let sv = SuperVersion {
+            mem: Arc::new(Memtable::new(wal_no)),
+            imms,
+            version: Arc::new(version),
+        };
+        let inner = Arc::new(Inner {
+            storage,
+            keys,
+            cache,
+            sv: RwLock::new(Arc::new(sv)),
+            commit: Mutex::new(CommitState { wal }),
+            edit: Mutex::new(EditState { manifest }),
+            oracle: Oracle::new(max_ts),
+            bg: Mutex::new(BgState::default()),
+            bg_cv: Condvar::new(),
+            next_file_no: AtomicU64::new(wal_no + 1),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stall_count: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            opts,
+            _lock: lock,
+        });
+        let mut threads = Vec::new();
+        if inner.opts.background_threads {
+            let i = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sealdb-flush".into())
+                    .spawn(move || i.flush_loop())
+                    .map_err(|e| Error::io("flush thread", e))?,
+            );
+            let i = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sealdb-compact".into())
+                    .spawn(move || i.compaction_loop())
+                    .map_err(|e| Error::io("compaction thread", e))?,
+            );
+        }
+        Ok(Db {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Flushes memtables to tables, waits for background work to stop, and releases the
+    /// store. Reports the first error a background thread hit.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if !inner.is_poisoned() {
+            let c = inner.commit.lock();
+            if !inner.sv.read().mem.is_empty() {
+                let mut c = c;
+                if let Err(e) = inner.rotate_memtable(&mut c) {
+                    result = Err(e);
+                }
+            }
+        }
+        {
+            let mut bg = inner.bg.lock();
+            bg.closing = true;
+            inner.bg_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        if !inner.opts.background_threads && result.is_ok() && !inner.is_poisoned() {
+            while inner.flush_one()? {}
+        }
+        if result.is_ok() && inner.is_poisoned() {
+            result = Err(Error::Poisoned);
+        }
+        result
+    }
+
+    /// Starts a read-write transaction.
+    pub fn begin(&self) -> Result<crate::Txn<'_>> {
+        self.inner.check()?;
+        Ok(crate::txn::Txn::new(self, true))
+    }
+
+    /// Starts a read-only transaction (a consistent snapshot).
+    pub fn begin_read(&self) -> Result<crate::Txn<'_>> {
+        self.inner.check()?;
+        Ok(crate::txn::Txn::new(self, false))
+    }
+
+    /// Runs `f` in a read-write transaction and commits it; on [`Error::Conflict`] the caller
+    /// may retry.
+    pub fn update<T>(&self, f: impl FnOnce(&mut crate::Txn<'_>) -> Result<T>) -> Result<T> {
+        let mut txn = self.begin()?;
+        let v = f(&mut txn)?;
+        txn.commit()?;
+        Ok(v)
+    }
+
+    /// Runs `f` in a read-only transaction.
+    pub fn view<T>(&self, f: impl FnOnce(&crate::Txn<'_>) -> Result<T>) -> Result<T> {
+        let txn = self.begin_read()?;
+        f(&txn)
+    }
+
+    /// Reads the latest committed value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.check()?;
+        let r = self.inner.get_at(key, self.inner.oracle.visible())?;
+        Ok(r.map(|r| r.value))
+    }
+
+    /// Writes one key (a transaction of one blind write).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = self.write_batch();
+        b.put(key, value)?;
+        b.commit()
+    }
+
+    /// Deletes one key.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        let mut b = self.write_batch();
+        b.delete(key)?;
+        b.commit()
+    }
+
+    /// A batch of blind writes for bulk loading (no conflict checks; see [`crate::WriteBatch`]).
+    pub fn write_batch(&self) -> crate::WriteBatch<'_> {
+        crate::txn::WriteBatch::new(self)
+    }
+
+    /// Scans the latest committed state (a read-only snapshot) with `opts`.
+    pub fn iter(&self, opts: crate::IterOptions) -> Result<crate::Iter> {
+        self.inner.check()?;
+        let mark = Arc::new(self.inner.oracle.begin_read());
+        self.inner.iter_at(mark, opts, Vec::new(), None)
+    }
+
+    /// Waits until no flush or compaction is pending (for tests and tools).
+    pub fn wait_for_background(&self) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.opts.background_threads {
+            while inner.flush_one()? {}
+            while inner.compact_one()? {}
+            return Ok(());
+        }
+        let mut bg = inner.bg.lock();
+        loop {
+            inner.check()?;
+            let sv = inner.sv.read().clone();
+            let pending_compaction =
+                compaction::pick(&sv.version.metas(), &inner.policy()).is_some();
+            if sv.imms.is_empty() && !pending_compaction && !bg.flush_busy && !bg.compaction_busy {
+                return Ok(());
+            }
+            inner
+                .bg_cv
+                .wait_for(&mut bg, std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes the active memtable and flushes it to a table (waits for it).
+    pub fn flush(&self) -> Result<()> {
+        {
+            let mut c = self.inner.commit.lock();
+            self.inner.check()?;
+            if !self.inner.sv.read().mem.is_empty() {
+                self.inner.rotate_memtable(&mut c)?;
+            }
+        }
+        self.wait_for_background()
+    }
+
+    /// Makes every commit so far durable (fsyncs the WAL).
+    pub fn sync(&self) -> Result<()> {
+        let mut c = self.inner.commit.lock();
+        self.inner.check()?;
+        let r = c.wal.sync();
+        self.inner.poison_on_err(r)
+    }
+
+    /// Creates a new data key and makes it the one new files are written under.
+    pub fn rotate_data_key(&self) -> Result<u32> {
+        self.inner.check()?;
+        let _e = self.inner.edit.lock();
+        self.inner.keys.rotate(self.inner.storage.as_ref())
+    }
+
+    /// Levels, tables, sizes and keys.
+    pub fn info(&self) -> Result<crate::StoreInfo> {
+        self.inner.check()?;
+        Ok(self.inner.info())
+    }
+
+    /// Reads and authenticates every block of every live table.
+    pub fn verify(&self) -> Result<crate::VerifyReport> {
+        self.inner.check()?;
+        let sv = self.inner.sv.read().clone();
+        let mut report = crate::VerifyReport::default();
+        for t in sv.version.all_tables() {
+            report.entries += t.verify()?;
+            report.tables += 1;
+            report.bytes += t.meta.size;
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl Inner {
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::Release);
+            self.bg_cv.notify_all();
+        }
+        r
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            l0_trigger: self.opts.level0_compaction_trigger,
+            base_level_size: self.opts.base_level_size,
+            multiplier: self.opts.level_size_multiplier,
+        }
+    }
+
+    fn alloc_file_no(&self) -> u64 {
+        self.next_file_no.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(crate) fn super_version(&self) -> Arc<SuperVersion> {
+        self.sv.read().clone()
+    }
+
+    /// Commits `records` (timestamps are assigned here). With `reads`, checks conflicts first.
+    pub(crate) fn commit(
+        &self,
+        mut records: Vec<Record>,
+        reads: Option<(u64, &[u64])>,
+        sync: bool,
+    ) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(self.oracle.visible());
+        }
+        self.stall_if_needed()?;
+        let mut c = self.commit.lock();
+        self.check()?;
+        let ts = self.oracle.prepare_commit(reads).ok_or(Error::Conflict)?;
+        for r in &mut records {
+            r.ts = ts;
+        }
+        let sync = sync || self.opts.sync_writes;
+        if let Err(e) = c.wal.append(&records, sync) {
+            self.oracle.abandon_commit(ts);
+            return self.poison_on_err(Err(e));
+        }
+        let fps = if reads.is_some() {
+            records.iter().map(|r| fingerprint(&r.key)).collect()
+        } else {
+            Vec::new()
+        };
+        let mem = self.sv.read().mem.clone();
+        for r in records {
+            mem.insert(r);
+        }
+        self.oracle.finish_commit(ts, fps);
+        if mem.size() >= self.opts.memtable_size {
+            self.rotate_memtable(&mut c)?;
+        }
+        Ok(ts)
+    }
+
+    /// Waits while frozen memtables or L0 tables are over their limits.
+    fn stall_if_needed(&self) -> Result<()> {
+        if !self.opts.background_threads {
+            return Ok(());
+        }
+        let over = |sv: &SuperVersion| {
+            sv.imms.len() > self.opts.max_immutable_memtables
+                || sv.version.levels[0].len() >= self.opts.level0_stall
+        };
+        if !over(&self.sv.read()) {
+            return Ok(());
+        }
+        self.stall_count.fetch_add(1, Ordering::Relaxed);
+        let mut bg = self.bg.lock();
+        while over(&self.sv.read()) {
+            self.check()?;
+            self.bg_cv
+                .wait_for(&mut bg, std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn rotate_memtable(&self, c: &mut CommitState) -> Result<()> {
+        let no = self.alloc_file_no();
+        let wal = WalWriter::create(self.storage.as_ref(), no, self.keys.active_sealer());
+        let wal = self.poison_on_err(wal)?;
+        c.wal = wal;
+        {
+            let mut sv = self.sv.write();
+            let mut imms = sv.imms.clone();
+            imms.push(sv.mem.clone());
+            *sv = Arc::new(SuperVersion {
+                mem: Arc::new(Memtable::new(no)),
+                imms,
+                version: sv.version.clone(),
+            });
+        }
+        let _bg = self.bg.lock();
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    /// The newest version of `key` visible at `read_ts`, if live.
+    pub(crate) fn get_at(&self, key: &[u8], read_ts: u64) -> Result<Option<Record>> {
+        let sv = self.super_version();
+        let now = now_secs();
+        let found = |r: Record| Ok(Some(r).filter(|r| r.is_live(now)));
+        if let Some(r) = sv.mem.get(key, read_ts) {
+            return found(r);
+        }
+        for m in sv.imms.iter().rev() {
+            if let Some(r) = m.get(key, read_ts) {
+                return found(r);
+            }
+        }
+        let hash = crate::table::key_hash(key);
+        for t in &sv.version.levels[0] {
+            if let Some(r) = t.get(key, read_ts, hash)? {
+                return found(r);
+            }
+        }
+        for level in &sv.version.levels[1..] {
+            let i = level.partition_point(|t| t.meta.largest.as_slice() < key);
+            if let Some(t) = level.get(i) {
+                if let Some(r) = t.get(key, read_ts, hash)? {
+                    return found(r);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn iter_at(
+        &self,
+        mark: Arc<crate::mvcc::ReadMark>,
+        opts: crate::IterOptions,
+        pending: Vec<Record>,
+        reads: Option<Arc<Mutex<Vec<u64>>>>,
+    ) -> Result<crate::Iter> {
+        let bounds = opts.bounds();
+        let sv = self.super_version();
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        if !pending.is_empty() {
+            let mut pending: Vec<Record> = pending
+                .into_iter()
+                .filter(|r| {
+                    bounds
+                        .lower
+                        .as_deref()
+                        .is_none_or(|l| r.key.as_slice() >= l)
+                        && bounds.upper.as_deref().is_none_or(|u| r.key.as_slice() < u)
+                })
+                .collect();
+            if bounds.reverse {
+                pending.reverse();
+            }
+            sources.push(Box::new(VecSource::new(pending)));
+        }
+        sources.push(Box::new(MemSource::new(sv.mem.clone(), bounds.clone())));
+        for m in sv.imms.iter().rev() {
+            sources.push(Box::new(MemSource::new(m.clone(), bounds.clone())));
+        }
+        for t in &sv.version.levels[0] {
+            sources.push(Box::new(RunSource::new(vec![t.clone()], bounds.clone())?));
+        }
+        for level in &sv.version.levels[1..] {
+            if !level.is_empty() {
+                sources.push(Box::new(RunSource::new(level.clone(), bounds.clone())?));
+            }
+        }
+        let merge = Merge::new(sources, bounds.reverse);
+        Ok(crate::txn::Iter::new(merge, mark, now_secs(), reads))
+    }
+
+    fn flush_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut bg = self.bg.lock();
+                loop {
+                    if self.is_poisoned() {
+                        return;
+                    }
+                    let has_work = !self.sv.read().imms.is_empty();
+                    if has_work {
+                        bg.flush_busy = true;
+                        break;
+                    }
+                    if bg.closing {
+                        return;
+                    }
+                    self.bg_cv.wait(&mut bg);
+                }
+            }
+            let r = self.flush_one();
+            let mut bg = self.bg.lock();
+            bg.flush_busy = false;
+            if r.is_err() {
+                self.poisoned.store(true, Ordering::Release);
+            }
+            self.bg_cv.notify_all();
+        }
+    }
+
+    /// Writes the oldest frozen memtable to an L0 table. Returns false if there was none.
+    fn flush_one(&self) -> Result<bool> {
+        let Some(mem) = self.super_version().imms.first().cloned() else {
+            return Ok(false);
+        };
+        let no = self.alloc_file_no();
+        let build = || -> Result<TableMeta> {
+            let mut b = TableBuilder::create(
+                self.storage.as_ref(),
+                no,
+                self.keys.active_sealer(),
+                self.opts.block_size,
+            )?;
+            for r in mem.iter() {
+                b.add(r.as_ref())?;
+            }
+            b.finish(self.opts.bloom_bits_per_key)
+        };
+        let meta = self.poison_on_err(build())?;
+        let table = Table::open(self.storage.as_ref(), &self.keys, no, self.cache.clone());
+        let table = Arc::new(self.poison_on_err(table)?);
+        let mut edit = self.edit.lock();
+        let mut next = edit.manifest.clone();
+        next.generation += 1;
+        next.next_file_no = self.next_file_no.load(Ordering::SeqCst);
+        next.levels[0].push(meta);
+        next.last_ts = next.last_ts.max(mem.max_ts());
+        let sv = self.super_version();
+        // The next memtable still in memory decides which logs are needed.
+        next.log_no = sv.imms.get(1).map_or(sv.mem.wal_no, |m| m.wal_no);
+        self.poison_on_err(version::write_manifest(
+            self.storage.as_ref(),
+            &self.keys,
+            &next,
+        ))?;
+        edit.manifest = next;
+        {
+            let mut cur = self.sv.write();
+            let mut version = (*cur.version).clone();
+            version.levels[0].push(table);
+            version.normalize();
+            let imms = cur
+                .imms
+                .iter()
+                .filter(|m| !Arc::ptr_eq(m, &mem))
+                .cloned()
+                .collect();
+            *cur = Arc::new(SuperVersion {
+                mem: cur.mem.clone(),
+                imms,
+                version: Arc::new(version),
+            });
+        }
+        drop(edit);
+        let name = wal::file_name(mem.wal_no);
+        // A log that outlives its flush is only wasted space: it is removed on the next open.
+        let _ = self.storage.remove(&name);
+        Ok(true)
+    }
+
+    fn compaction_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut bg = self.bg.lock();
+                loop {
+                    if self.is_poisoned() || bg.closing {
+                        return;
+                    }
+                    let sv = self.super_version();
+                    if compaction::pick(&sv.version.metas(), &self.policy()).is_some() {
+                        bg.compaction_busy = true;
+                        break;
+                    }
+                    self.bg_cv.wait(&mut bg);
+                }
+            }
+            let r = self.compact_one();
+            let mut bg = self.bg.lock();
+            bg.compaction_busy = false;
+            if r.is_err() {
+                self.poisoned.store(true, Ordering::Release);
+            }
+            self.bg_cv.notify_all();
+        }
+    }
+
+    /// Runs one compaction if the policy picks one. Returns false if there was none.
+    fn compact_one(&self) -> Result<bool> {
+        let sv = self.super_version();
+        let Some(task) = compaction::pick(&sv.version.metas(), &self.policy()) else {
+            return Ok(false);
+        };
+        let find = |level: usize, nos: &[u64]| -> Vec<Arc<Table>> {
+            sv.version.levels[level]
+                .iter()
+                .filter(|t| nos.contains(&t.meta.file_no))
+                .cloned()
+                .collect()
+        };
+        let inputs = find(task.level, &task.inputs);
+        let next_inputs = find(task.level + 1, &task.next_inputs);
+        let outputs = if task.trivial_move {
+            inputs.clone()
+        } else {
+            let mut new_table = || {
+                let no = self.alloc_file_no();
+                TableBuilder::create(
+                    self.storage.as_ref(),
+                    no,
+                    self.keys.active_sealer(),
+                    self.opts.block_size,
+                )
+            };
+            let metas = compaction::run(
+                inputs.clone(),
+                task.level,
+                next_inputs.clone(),
+                task.bottom,
+                compaction::Output {
+                    new_table: &mut new_table,
+                    bits_per_key: self.opts.bloom_bits_per_key,
+                    target_file_size: self.opts.target_file_size,
+                    watermark: self.oracle.watermark(),
+                    now: now_secs(),
+                },
+            );
+            let metas = self.poison_on_err(metas)?;
+            let mut tables = Vec::new();
+            for m in metas {
+                let t = Table::open(
+                    self.storage.as_ref(),
+                    &self.keys,
+                    m.file_no,
+                    self.cache.clone(),
+                );
+                tables.push(Arc::new(self.poison_on_err(t)?));
+            }
+            tables
+        };
+        self.install_compaction(&task, &outputs)?;
+        if !task.trivial_move {
+            for t in inputs.iter().chain(&next_inputs) {
+                let _ = self.storage.remove(t.name());
+            }
+        }
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn install_compaction(&self, task: &Task, outputs: &[Arc<Table>]) -> Result<()> {
+        let removed: BTreeSet<u64> = task
+            .inputs
+            .iter()
+            .chain(&task.next_inputs)
+            .copied()
+            .collect();
+        let mut edit = self.edit.lock();
+        let mut next = edit.manifest.clone();
+        next.generation += 1;
+        next.next_file_no = self.next_file_no.load(Ordering::SeqCst);
+        for level in [task.level, task.level + 1] {
+            next.levels[level].retain(|m| !removed.contains(&m.file_no));
+        }
+        next.levels[task.level + 1].extend(outputs.iter().map(|t| t.meta.clone()));
+        next.levels[task.level + 1].sort_by(|a, b| a.smallest.cmp(&b.smallest));
+        self.poison_on_err(version::write_manifest(
+            self.storage.as_ref(),
+            &self.keys,
+            &next,
+        ))?;
+        edit.manifest = next;
+        let mut cur = self.sv.write();
+        let mut version = (*cur.version).clone();
+        for level in [task.level, task.level + 1] {
+            version.levels[level].retain(|t| !removed.contains(&t.meta.file_no));
+        }
+        version.levels[task.level + 1].extend(outputs.iter().cloned());
+        version.normalize();
+        *cur = Arc::new(SuperVersion {
+            mem: cur.mem.clone(),
+            imms: cur.imms.clone(),
+            version: Arc::new(version),
+        });
+        Ok(())
+    }
+
+    fn info(&self) -> crate::StoreInfo {
+        let sv = self.super_version();
+        let mut levels = Vec::new();
+        let mut tables = Vec::new();
+        let mut key_ids = BTreeSet::new();
+        let mut pinned = 0;
+        for (level, ts) in sv.version.levels.iter().enumerate() {
+            levels.push(crate::LevelInfo {
+                level,
+                tables: ts.len(),
+                bytes: ts.iter().map(|t| t.meta.size).sum(),
+                entries: ts.iter().map(|t| t.meta.entries).sum(),
+            });
+            for t in ts {
+                key_ids.insert(t.meta.key_id);
+                pinned += t.pinned_memory();
+                tables.push(crate::TableInfo {
+                    file: t.name().to_string(),
+                    level,
+                    bytes: t.meta.size,
+                    entries: t.meta.entries,
+                    key_id: t.meta.key_id,
+                });
+            }
+        }
+        let mems: Vec<&Arc<Memtable>> = std::iter::once(&sv.mem).chain(sv.imms.iter()).collect();
+        crate::StoreInfo {
+            location: self.storage.location(),
+            encrypted: self.keys.is_encrypted(),
+            active_key_id: self.keys.active_sealer().key_id(),
+            key_ids_in_use: key_ids.into_iter().collect(),
+            keys: self.keys.key_infos(),
+            levels,
+            tables,
+            memtables: mems.len(),
+            memtable_bytes: mems.iter().map(|m| m.size()).sum(),
+            wal_files: mems.iter().map(|m| wal::file_name(m.wal_no)).collect(),
+            block_cache_bytes: self.cache.weight(),
+            pinned_index_filter_bytes: pinned,
+            last_commit_ts: self.oracle.visible(),
+            write_stalls: self.stall_count.load(Ordering::Relaxed),
+            compactions: self.compactions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Checks a closed store without changing it: the key, the registry, the manifest, every
+/// block of every live table and every chunk of every live WAL (strictly: a torn tail is
+/// reported too). The store must not be open elsewhere.
+pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::VerifyReport> {
+    let dir = dir.as_ref();
+    let storage: Arc<dyn Storage> = match &opts.storage {
+        Some(s) => s.clone(),
+        None => {
+            if !dir.join(MANIFEST).exists() {
+                return Err(Error::NotFound(dir.to_path_buf()));
+            }
+            Arc::new(
+                StdStorage::new(dir, false).map_err(|e| Error::io(dir.display().to_string(), e))?,
+            )
+        }
+    };
+    let no_create = Options {
+        create_if_missing: false,
+        ..opts.clone()
+    };
+    let (keys, _) = open_keys(storage.as_ref(), &no_create)?;
+    let _lock = if opts.storage.is_none() {
+        Some(lock_dir(dir)?)
+    } else {
+        None
+    };
+    let manifest = version::read_manifest(storage.as_ref(), &keys)?;
+    let cache = Arc::new(table::new_cache(1 << 20));
+    let mut report = crate::VerifyReport::default();
+    for m in manifest.levels.iter().flatten() {
+        let t = Table::open(storage.as_ref(), &keys, m.file_no, cache.clone())?;
+        if t.meta.smallest != m.smallest || t.meta.largest != m.largest || t.meta.key_id != m.key_id
+        {
+            return Err(Error::integrity(
+                t.name(),
+                0,
+                "table does not match its manifest entry",
+            ));
+        }
+        report.entries += t.verify()?;
+        report.tables += 1;
+        report.bytes += t.meta.size;
+    }
+    for name in storage.list().map_err(|e| Error::io(".", e))? {
+        if let Some(n) = parse_file_no(&name, ".wal") {
+            if n >= manifest.log_no {
+                report.wal_records += wal::verify(storage.as_ref(), &keys, n)?;
+                report.wal_files += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+pub(crate) fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("empty key"));
+    }
+    if key.len() > MAX_KEY_SIZE {
+        return Err(Error::InvalidArgument("key larger than 65535 bytes"));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_SIZE {
+        return Err(Error::InvalidArgument("value larger than 256 MiB"));
+    }
+    Ok(())
+}
+
+pub(crate) fn make_record(key: &[u8], kind: Kind, value: &[u8], expires_at: u64) -> Record {
+    Record {
+        key: key.to_vec(),
+        ts: 0,
+        kind,
+        expires_at,
+        value: value.to_vec(),
+    }
+}

@@ -1,0 +1,715 @@
+//! Keys: the [`KeyProvider`] boundary, the `KEYREGISTRY` file, and the [`Sealer`] that turns
+//! plaintext units into sealed units bound to their place.
+//!
+//! The engine never sees the master key: it asks a [`KeyProvider`] to make, wrap and unwrap
+//! data keys and to authenticate the registry. [`HostKeyProvider`] holds a master key in
+//! process memory (key mode `host`); the vault implements the same trait later.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use sealdb_crypto::{AeadKey, CryptoError, SecretKey, SEAL_OVERHEAD};
+use zeroize::Zeroize;
+
+use crate::codec::Reader;
+use crate::fs::Storage;
+use crate::{Error, Result};
+
+/// Version of the on-disk format written by this code (see docs/format.md).
+pub(crate) const FORMAT_VERSION: u16 = 1;
+/// Random identity of a store, bound into every unit's AAD.
+pub(crate) type StoreId = [u8; 16];
+
+pub(crate) const REGISTRY_FILE: &str = "KEYREGISTRY";
+const REGISTRY_TMP: &str = "KEYREGISTRY.tmp";
+const REGISTRY_MAGIC: &[u8; 8] = b"SEALKREG";
+
+/// The kinds of file whose units are sealed; part of every unit's AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum FileKind {
+    Wal = 1,
+    Table = 2,
+    Manifest = 3,
+}
+
+/// Where a unit lives: bound into its AAD, so a unit moved anywhere else fails.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) kind: FileKind,
+    pub(crate) file_no: u64,
+    /// Byte offset of the unit (WAL, manifest) or block index (tables).
+    pub(crate) position: u64,
+}
+
+/// Bytes a plaintext (key mode `none`) unit adds: a CRC32 over AAD and payload.
+const PLAIN_OVERHEAD: usize = 4;
+
+/// Seals and opens units for one data key (or none). Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Sealer {
+    store_id: StoreId,
+    key_id: u32,
+    key: Option<Arc<AeadKey>>,
+}
+
+impl Sealer {
+    pub(crate) fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    pub(crate) fn overhead(&self) -> usize {
+        if self.key.is_some() {
+            SEAL_OVERHEAD
+        } else {
+            PLAIN_OVERHEAD
+        }
+    }
+
+    fn aad(&self, place: Place) -> [u8; 44] {
+        let mut a = [0u8; 44];
+        a[..4].copy_from_slice(b"SDBU");
+        a[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        a[6] = place.kind as u8;
+        a[8..24].copy_from_slice(&self.store_id);
+        a[24..32].copy_from_slice(&place.file_no.to_le_bytes());
+        a[32..40].copy_from_slice(&place.position.to_le_bytes());
+        a[40..44].copy_from_slice(&self.key_id.to_le_bytes());
+        a
+    }
+
+    /// Appends the sealed form of `plain` to `out`.
+    pub(crate) fn seal(&self, place: Place, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let aad = self.aad(place);
+        match &self.key {
+            Some(k) => k.seal(&aad, plain, out)?,
+            None => {
+                out.extend_from_slice(plain);
+                let mut h = crc32fast::Hasher::new();
+                h.update(&aad);
+                h.update(plain);
+                out.extend_from_slice(&h.finalize().to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a sealed unit in place; `None` when it fails authentication (or its checksum).
+    pub(crate) fn open<'a>(&self, place: Place, unit: &'a mut [u8]) -> Option<&'a mut [u8]> {
+        let aad = self.aad(place);
+        match &self.key {
+            Some(k) => k.open_in_place(&aad, unit).ok(),
+            None => {
+                let n = unit.len().checked_sub(PLAIN_OVERHEAD)?;
+                let (plain, crc) = unit.split_at_mut(n);
+                let mut h = crc32fast::Hasher::new();
+                h.update(&aad);
+                h.update(plain);
+                (h.finalize().to_le_bytes() == *crc).then_some(plain)
+            }
+        }
+    }
+}
+
+/// The only way the engine gets data keys. Implemented by [`HostKeyProvider`] (master key in
+/// this process) and, later, by the vault client (master key inside a TEE).
+///
+/// Every method binds its result to `aad` chosen by the engine (store id, key id, creation
+/// time), so a wrapped key moved to another store or entry does not unwrap.
+pub trait KeyProvider: Send + Sync {
+    /// A key-check value for a new store: proves later that the same master key is used.
+    fn make_check_value(&self, aad: &[u8]) -> Result<Vec<u8>>;
+    /// Checks a key-check value; [`Error::WrongMasterKey`] is returned by the caller on failure.
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> std::result::Result<(), CryptoError>;
+    /// Creates a new data key and returns it with its wrapped form.
+    fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>)>;
+    /// Unwraps a data key made by [`KeyProvider::new_data_key`].
+    fn unwrap_data_key(
+        &self,
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> std::result::Result<SecretKey, CryptoError>;
+    /// Authenticates `data` (the registry body): returns a tag.
+    fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>>;
+    /// Checks a tag made by [`KeyProvider::authenticate`].
+    fn verify(&self, data: &[u8], tag: &[u8]) -> std::result::Result<(), CryptoError>;
+}
+
+/// Key mode `host`: a 32-byte master key held in this process (from a key file).
+pub struct HostKeyProvider {
+    master: AeadKey,
+}
+
+impl std::fmt::Debug for HostKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostKeyProvider(REDACTED)")
+    }
+}
+
+impl HostKeyProvider {
+    /// Uses `master` as the master key.
+    pub fn new(master: &SecretKey) -> Self {
+        HostKeyProvider {
+            master: AeadKey::new(master),
+        }
+    }
+
+    /// Reads a key file: exactly 32 raw bytes, or 64 hex digits (with an optional newline).
+    pub fn from_key_file(path: &Path) -> Result<Self> {
+        let bad = |reason| Error::KeyFile {
+            file: path.to_path_buf(),
+            reason,
+        };
+        let mut raw = std::fs::read(path).map_err(|_| bad("cannot be read"))?;
+        let result = match raw.len() {
+            32 => SecretKey::from_slice(&raw).map_err(|_| bad("must hold 32 bytes")),
+            64 | 65 => {
+                let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+                let mut bytes = [0u8; 32];
+                let ok = text.len() == 64
+                    && text.chunks(2).zip(bytes.iter_mut()).all(|(pair, b)| {
+                        match (hex_val(pair[0]), hex_val(pair[1])) {
+                            (Some(h), Some(l)) => {
+                                *b = h << 4 | l;
+                                true
+                            }
+                            _ => false,
+                        }
+                    });
+                let r = if ok {
+                    SecretKey::from_slice(&bytes).map_err(|_| bad("must hold 32 bytes"))
+                } else {
+                    Err(bad("must hold 32 raw bytes or 64 hex digits"))
+                };
+                bytes.zeroize();
+                r
+            }
+            _ => Err(bad("must hold 32 raw bytes or 64 hex digits")),
+        };
+        raw.zeroize();
+        Ok(HostKeyProvider::new(&result?))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl KeyProvider for HostKeyProvider {
+    fn make_check_value(&self, aad: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.master.check_value(aad)?)
+    }
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> std::result::Result<(), CryptoError> {
+        self.master.verify_check_value(aad, kcv)
+    }
+    fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>)> {
+        let key = SecretKey::generate()?;
+        let wrapped = self.master.wrap_key(aad, &key)?;
+        Ok((key, wrapped))
+    }
+    fn unwrap_data_key(
+        &self,
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> std::result::Result<SecretKey, CryptoError> {
+        self.master.unwrap_key(aad, wrapped)
+    }
+    fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let mut tag = Vec::with_capacity(SEAL_OVERHEAD);
+        self.master.seal(data, &[], &mut tag)?;
+        Ok(tag)
+    }
+    fn verify(&self, data: &[u8], tag: &[u8]) -> std::result::Result<(), CryptoError> {
+        let mut t = tag.to_vec();
+        self.master.open_in_place(data, &mut t).map(|_| ())
+    }
+}
+
+/// The state of a data key in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// New files are written under it.
+    Active,
+    /// No longer active; live files may still use it.
+    InUse,
+    /// No live file uses it; its material is kept until the retention ends.
+    Retired,
+}
+
+impl KeyState {
+    fn code(self) -> u8 {
+        match self {
+            KeyState::Active => 1,
+            KeyState::InUse => 2,
+            KeyState::Retired => 3,
+        }
+    }
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(KeyState::Active),
+            2 => Some(KeyState::InUse),
+            3 => Some(KeyState::Retired),
+            _ => None,
+        }
+    }
+    /// A short lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::InUse => "in-use",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+/// One registry entry as stored.
+#[derive(Debug, Clone)]
+struct RegistryEntry {
+    id: u32,
+    created: u64,
+    state: KeyState,
+    wrapped: Vec<u8>,
+}
+
+fn wrap_aad(store_id: &StoreId, id: u32, created: u64) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a[..4].copy_from_slice(b"SDBK");
+    a[4..20].copy_from_slice(store_id);
+    a[20..24].copy_from_slice(&id.to_le_bytes());
+    a[24..32].copy_from_slice(&created.to_le_bytes());
+    a
+}
+
+fn kcv_aad(store_id: &StoreId) -> [u8; 20] {
+    let mut a = [0u8; 20];
+    a[..4].copy_from_slice(b"SDBC");
+    a[4..].copy_from_slice(store_id);
+    a
+}
+
+/// The decoded, authenticated registry (without plaintext keys).
+#[derive(Debug, Clone)]
+struct Registry {
+    store_id: StoreId,
+    generation: u64,
+    kcv: Vec<u8>,
+    entries: Vec<RegistryEntry>,
+}
+
+impl Registry {
+    /// Body bytes (everything the trailing tag authenticates).
+    fn encode_body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.entries.len() * 80);
+        b.extend_from_slice(REGISTRY_MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&self.store_id);
+        b.extend_from_slice(&self.generation.to_le_bytes());
+        b.extend_from_slice(&(self.kcv.len() as u16).to_le_bytes());
+        b.extend_from_slice(&self.kcv);
+        b.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            b.extend_from_slice(&e.id.to_le_bytes());
+            b.extend_from_slice(&e.created.to_le_bytes());
+            b.push(e.state.code());
+            b.extend_from_slice(&(e.wrapped.len() as u16).to_le_bytes());
+            b.extend_from_slice(&e.wrapped);
+        }
+        b
+    }
+}
+
+/// The parts of a registry file before authentication; see [`decode_registry`].
+pub(crate) struct RawRegistry<'a> {
+    store_id: StoreId,
+    generation: u64,
+    kcv: &'a [u8],
+    entries: Vec<(u32, u64, u8, &'a [u8])>,
+    body: &'a [u8],
+    tag: &'a [u8],
+}
+
+/// Decodes a `KEYREGISTRY` file without any key (structure only). Never panics.
+pub(crate) fn decode_registry(buf: &[u8]) -> Result<RawRegistry<'_>> {
+    let e = |d: crate::codec::DecodeError| d.into_error(REGISTRY_FILE, 0);
+    if buf.len() < SEAL_OVERHEAD {
+        return Err(Error::format(
+            REGISTRY_FILE,
+            0,
+            "file shorter than its authentication tag",
+        ));
+    }
+    let (body, tag) = buf.split_at(buf.len() - SEAL_OVERHEAD);
+    let mut r = Reader::new(body);
+    if r.bytes(8, "magic").map_err(e)? != REGISTRY_MAGIC {
+        return Err(Error::format(
+            REGISTRY_FILE,
+            0,
+            "bad magic (not a sealdb key registry)",
+        ));
+    }
+    let version = r.u16("format version").map_err(e)?;
+    if version != FORMAT_VERSION {
+        return Err(Error::format(
+            REGISTRY_FILE,
+            8,
+            format!("unsupported format version {version}"),
+        ));
+    }
+    let store_id = r.array::<16>("store id").map_err(e)?;
+    let generation = r.u64("generation").map_err(e)?;
+    let kcv_len = r.u16("key-check value length").map_err(e)?;
+    let kcv = r.bytes(kcv_len as usize, "key-check value").map_err(e)?;
+    let count = r.u32("entry count").map_err(e)?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let id = r.u32("key id").map_err(e)?;
+        let created = r.u64("creation time").map_err(e)?;
+        let state = r.u8("key state").map_err(e)?;
+        let wl = r.u16("wrapped key length").map_err(e)?;
+        let wrapped = r.bytes(wl as usize, "wrapped key").map_err(e)?;
+        entries.push((id, created, state, wrapped));
+    }
+    if !r.is_empty() {
+        return Err(Error::format(
+            REGISTRY_FILE,
+            r.pos() as u64,
+            "trailing bytes after the entries",
+        ));
+    }
+    Ok(RawRegistry {
+        store_id,
+        generation,
+        kcv,
+        entries,
+        body,
+        tag,
+    })
+}
+
+/// Data keys of an open store: the registry, the provider, and unwrapped keys by id.
+pub(crate) struct KeyRing {
+    store_id: StoreId,
+    provider: Option<Arc<dyn KeyProvider>>,
+    inner: RwLock<KeyRingInner>,
+}
+
+struct KeyRingInner {
+    registry: Option<Registry>,
+    keys: BTreeMap<u32, Arc<AeadKey>>,
+    active: u32,
+}
+
+/// What `info` reports per key.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// The key id (as found in file headers).
+    pub id: u32,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// Registry state.
+    pub state: KeyState,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl KeyRing {
+    /// A store without encryption.
+    pub(crate) fn plain(store_id: StoreId) -> Self {
+        KeyRing {
+            store_id,
+            provider: None,
+            inner: RwLock::new(KeyRingInner {
+                registry: None,
+                keys: BTreeMap::new(),
+                active: 0,
+            }),
+        }
+    }
+
+    /// Creates a new registry with one active data key and writes it atomically.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        store_id: StoreId,
+        provider: Arc<dyn KeyProvider>,
+    ) -> Result<Self> {
+        let kcv = provider.make_check_value(&kcv_aad(&store_id))?;
+        let created = now_secs();
+        let id = 1;
+        let (key, wrapped) = provider.new_data_key(&wrap_aad(&store_id, id, created))?;
+        let registry = Registry {
+            store_id,
+            generation: 1,
+            kcv,
+            entries: vec![RegistryEntry {
+                id,
+                created,
+                state: KeyState::Active,
+                wrapped,
+            }],
+        };
+        write_registry(storage, provider.as_ref(), &registry)?;
+        let mut keys = BTreeMap::new();
+        keys.insert(id, Arc::new(AeadKey::new(&key)));
+        Ok(KeyRing {
+            store_id,
+            provider: Some(provider),
+            inner: RwLock::new(KeyRingInner {
+                registry: Some(registry),
+                keys,
+                active: id,
+            }),
+        })
+    }
+
+    /// Loads the registry: checks the master key first (nothing else is read before), then the
+    /// registry's integrity, then unwraps every data key.
+    pub(crate) fn load(storage: &dyn Storage, provider: Arc<dyn KeyProvider>) -> Result<Self> {
+        let buf = storage
+            .read_all(REGISTRY_FILE)
+            .map_err(|e| Error::io(REGISTRY_FILE, e))?;
+        let raw = decode_registry(&buf)?;
+        if provider
+            .verify_check_value(&kcv_aad(&raw.store_id), raw.kcv)
+            .is_err()
+        {
+            return Err(Error::WrongMasterKey(storage.location()));
+        }
+        if provider.verify(raw.body, raw.tag).is_err() {
+            return Err(Error::integrity(
+                REGISTRY_FILE,
+                raw.body.len() as u64,
+                "registry authentication failed (modified or torn)",
+            ));
+        }
+        let mut entries = Vec::new();
+        let mut keys = BTreeMap::new();
+        let mut active = None;
+        for (id, created, state, wrapped) in &raw.entries {
+            let state = KeyState::from_code(*state).ok_or_else(|| {
+                Error::format(REGISTRY_FILE, 0, format!("unknown state of key {id}"))
+            })?;
+            let key = provider
+                .unwrap_data_key(&wrap_aad(&raw.store_id, *id, *created), wrapped)
+                .map_err(|_| {
+                    Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
+                })?;
+            keys.insert(*id, Arc::new(AeadKey::new(&key)));
+            if state == KeyState::Active {
+                active = Some(*id);
+            }
+            entries.push(RegistryEntry {
+                id: *id,
+                created: *created,
+                state,
+                wrapped: wrapped.to_vec(),
+            });
+        }
+        let active = active.ok_or_else(|| Error::format(REGISTRY_FILE, 0, "no active data key"))?;
+        let registry = Registry {
+            store_id: raw.store_id,
+            generation: raw.generation,
+            kcv: raw.kcv.to_vec(),
+            entries,
+        };
+        Ok(KeyRing {
+            store_id: raw.store_id,
+            provider: Some(provider),
+            inner: RwLock::new(KeyRingInner {
+                registry: Some(registry),
+                keys,
+                active,
+            }),
+        })
+    }
+
+    pub(crate) fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// The sealer for new files (the active data key).
+    pub(crate) fn active_sealer(&self) -> Sealer {
+        let inner = self.inner.read();
+        Sealer {
+            store_id: self.store_id,
+            key_id: inner.active,
+            key: inner.keys.get(&inner.active).cloned(),
+        }
+    }
+
+    /// The sealer for a file written under `key_id`; `None` if the store has no such key
+    /// (or, in an encrypted store, for key id 0: plaintext is never accepted).
+    pub(crate) fn sealer_for(&self, key_id: u32) -> Option<Sealer> {
+        if self.provider.is_none() {
+            return (key_id == 0).then(|| Sealer {
+                store_id: self.store_id,
+                key_id: 0,
+                key: None,
+            });
+        }
+        let inner = self.inner.read();
+        inner.keys.get(&key_id).map(|k| Sealer {
+            store_id: self.store_id,
+            key_id,
+            key: Some(k.clone()),
+        })
+    }
+
+    /// Creates a new data key, makes it active, and rewrites the registry.
+    pub(crate) fn rotate(&self, storage: &dyn Storage) -> Result<u32> {
+        let Some(provider) = &self.provider else {
+            return Err(Error::InvalidArgument("the store is not encrypted"));
+        };
+        let mut inner = self.inner.write();
+        let mut registry = inner
+            .registry
+            .clone()
+            .expect("encrypted store has a registry");
+        let id = registry.entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+        let created = now_secs();
+        let (key, wrapped) = provider.new_data_key(&wrap_aad(&self.store_id, id, created))?;
+        for e in &mut registry.entries {
+            if e.state == KeyState::Active {
+                e.state = KeyState::InUse;
+            }
+        }
+        registry.entries.push(RegistryEntry {
+            id,
+            created,
+            state: KeyState::Active,
+            wrapped,
+        });
+        registry.generation += 1;
+        write_registry(storage, provider.as_ref(), &registry)?;
+        inner.keys.insert(id, Arc::new(AeadKey::new(&key)));
+        inner.registry = Some(registry);
+        inner.active = id;
+        Ok(id)
+    }
+
+    /// The keys in the registry.
+    pub(crate) fn key_infos(&self) -> Vec<KeyInfo> {
+        let inner = self.inner.read();
+        inner
+            .registry
+            .as_ref()
+            .map(|r| {
+                r.entries
+                    .iter()
+                    .map(|e| KeyInfo {
+                        id: e.id,
+                        created: e.created,
+                        state: e.state,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn write_registry(
+    storage: &dyn Storage,
+    provider: &dyn KeyProvider,
+    registry: &Registry,
+) -> Result<()> {
+    let mut bytes = registry.encode_body();
+    let tag = provider.authenticate(&bytes)?;
+    bytes.extend_from_slice(&tag);
+    crate::version::write_atomic(storage, REGISTRY_FILE, REGISTRY_TMP, &bytes)
+}
+
+/// The size a sealed unit of `plain_len` bytes takes on disk with this sealer.
+pub(crate) fn sealed_len(sealer: &Sealer, plain_len: usize) -> usize {
+    plain_len + sealer.overhead()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::MemStorage;
+
+    fn provider() -> Arc<dyn KeyProvider> {
+        Arc::new(HostKeyProvider::new(&SecretKey::generate().unwrap()))
+    }
+
+    #[test]
+    fn registry_round_trip_wrong_key_and_tamper() {
+        let s = MemStorage::new();
+        let p = provider();
+        let ring = KeyRing::create(&s, [7; 16], p.clone()).unwrap();
+        ring.rotate(&s).unwrap();
+        let loaded = KeyRing::load(&s, p.clone()).unwrap();
+        assert_eq!(loaded.active_sealer().key_id(), 2);
+        assert_eq!(loaded.key_infos().len(), 2);
+        assert!(matches!(
+            KeyRing::load(&s, provider()),
+            Err(Error::WrongMasterKey(_))
+        ));
+        let len = s.read_all(REGISTRY_FILE).unwrap().len();
+        for i in 0..len {
+            let t = s.crash_image(|_, _| 0);
+            t.with_file_mut(REGISTRY_FILE, |d| d[i] ^= 0x20).unwrap();
+            let r = KeyRing::load(&t, p.clone());
+            assert!(r.is_err(), "flipped byte {i} accepted");
+        }
+        let t = s.crash_image(|_, _| 0);
+        t.with_file_mut(REGISTRY_FILE, |d| d.truncate(len - 3))
+            .unwrap();
+        assert!(KeyRing::load(&t, p).is_err());
+    }
+
+    #[test]
+    fn units_are_bound_to_place_and_key() {
+        let s = MemStorage::new();
+        let ring = KeyRing::create(&s, [1; 16], provider()).unwrap();
+        let sealer = ring.active_sealer();
+        let place = Place {
+            kind: FileKind::Table,
+            file_no: 3,
+            position: 9,
+        };
+        let mut unit = Vec::new();
+        sealer.seal(place, b"secret", &mut unit).unwrap();
+        assert_eq!(unit.len(), sealed_len(&sealer, 6));
+        let mut u = unit.clone();
+        assert_eq!(sealer.open(place, &mut u).unwrap(), b"secret");
+        for other in [
+            Place {
+                position: 10,
+                ..place
+            },
+            Place {
+                file_no: 4,
+                ..place
+            },
+            Place {
+                kind: FileKind::Wal,
+                ..place
+            },
+        ] {
+            let mut u = unit.clone();
+            assert!(sealer.open(other, &mut u).is_none());
+        }
+        assert!(
+            ring.sealer_for(0).is_none(),
+            "encrypted store must refuse key id 0"
+        );
+    }
+}

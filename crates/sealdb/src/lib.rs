@@ -1,0 +1,139 @@
+//! sealdb: an embedded, transactional key-value store whose files are encrypted and
+//! authenticated from the first byte.
+//!
+//! The shape is Badger's: a memtable with its own write-ahead log, sorted tables in levels
+//! compacted in the background, and MVCC transactions with serializable snapshot isolation.
+//! Every unit written to disk (WAL chunk, table block, index, filter, manifest) is sealed
+//! with AES-256-GCM under a data key, with a random nonce and associated data that binds it
+//! to its store, file and position; a modified, moved or swapped unit is reported as
+//! [`Error::Integrity`] and never returned as data.
+//!
+//! Key modes: unencrypted (no key provider) and `host` ([`HostKeyProvider`]: a master key
+//! from a key file wraps the data keys kept in the store's `KEYREGISTRY`). The master key
+//! never touches a data file; the vault (a TEE-held master key) plugs in as another
+//! [`KeyProvider`].
+//!
+//! Not (yet) here: a value log for large values, key retirement and master-key rotation,
+//! backup/restore. See `ARCHITECTURE.md` for the codemap and invariants and `docs/` for the
+//! byte-level format and the durability rules.
+//!
+//! ```
+//! use sealdb::{Db, Options, IterOptions};
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open(dir.path(), Options::default()).unwrap();
+//! db.update(|txn| {
+//!     txn.set(b"user/1", b"ada")?;
+//!     txn.set(b"user/2", b"grace")
+//! }).unwrap();
+//! assert_eq!(db.get(b"user/1").unwrap().as_deref(), Some(&b"ada"[..]));
+//! let names: Vec<Vec<u8>> = db
+//!     .iter(IterOptions::prefix(b"user/")).unwrap()
+//!     .map(|kv| kv.unwrap().value)
+//!     .collect();
+//! assert_eq!(names, vec![b"ada".to_vec(), b"grace".to_vec()]);
+//! db.close().unwrap();
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod compaction;
+mod db;
+mod entry;
+mod error;
+pub mod fs;
+mod iter;
+mod keys;
+mod memtable;
+mod mvcc;
+mod table;
+mod txn;
+mod version;
+mod wal;
+
+pub use db::{verify_store, Db, Options, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use error::{Error, Result};
+pub use keys::{HostKeyProvider, KeyInfo, KeyProvider, KeyState};
+pub use txn::{Iter, IterOptions, KeyValue, Txn, WriteBatch};
+
+/// A snapshot of the store's shape, for `sealdb info`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreInfo {
+    /// Where the store lives.
+    pub location: std::path::PathBuf,
+    /// Whether the store is encrypted.
+    pub encrypted: bool,
+    /// Key id new files are sealed under (0 for an unencrypted store).
+    pub active_key_id: u32,
+    /// Key ids used by live tables.
+    pub key_ids_in_use: Vec<u32>,
+    /// The data keys in the registry.
+    pub keys: Vec<KeyInfo>,
+    /// Per level: tables, bytes, entries.
+    pub levels: Vec<LevelInfo>,
+    /// Every live table.
+    pub tables: Vec<TableInfo>,
+    /// Memtables in memory (active and frozen).
+    pub memtables: usize,
+    /// Memory the memtables use.
+    pub memtable_bytes: usize,
+    /// WAL files backing the memtables.
+    pub wal_files: Vec<String>,
+    /// Memory held by the block cache.
+    pub block_cache_bytes: u64,
+    /// Memory pinned by table indexes and filters.
+    pub pinned_index_filter_bytes: usize,
+    /// Highest committed timestamp.
+    pub last_commit_ts: u64,
+    /// Times a writer waited for flush or compaction.
+    pub write_stalls: u64,
+    /// Compactions run since open.
+    pub compactions: u64,
+}
+
+/// One level of the tree.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LevelInfo {
+    /// Level number (0 = newest).
+    pub level: usize,
+    /// Number of tables.
+    pub tables: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Entries (all versions).
+    pub entries: u64,
+}
+
+/// One table file.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TableInfo {
+    /// File name.
+    pub file: String,
+    /// Level.
+    pub level: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Entries (all versions).
+    pub entries: u64,
+    /// Data key it is sealed under.
+    pub key_id: u32,
+}
+
+/// What [`verify_store`] and [`Db::verify`] checked.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Tables read.
+    pub tables: u64,
+    /// Bytes of tables read.
+    pub bytes: u64,
+    /// Table entries authenticated.
+    pub entries: u64,
+    /// WAL files read.
+    pub wal_files: u64,
+    /// WAL records authenticated.
+    pub wal_records: u64,
+}

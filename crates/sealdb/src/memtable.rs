@@ -1,0 +1,115 @@
+//! The memtable: a concurrent skiplist of versioned entries, paired with one WAL file.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_skiplist::SkipMap;
+
+use crate::entry::{InternalKey, Kind, Record};
+
+/// Value side of a skiplist entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) kind: Kind,
+    pub(crate) expires_at: u64,
+    pub(crate) value: Vec<u8>,
+}
+
+/// Per-entry bookkeeping counted against the memtable budget (node, allocations).
+const ENTRY_OVERHEAD: usize = 96;
+
+pub(crate) struct Memtable {
+    map: SkipMap<InternalKey, Slot>,
+    size: AtomicUsize,
+    max_ts: AtomicU64,
+    /// Number of the WAL file holding this memtable's entries.
+    pub(crate) wal_no: u64,
+}
+
+impl Memtable {
+    pub(crate) fn new(wal_no: u64) -> Self {
+        Memtable {
+            map: SkipMap::new(),
+            size: AtomicUsize::new(0),
+            max_ts: AtomicU64::new(0),
+            wal_no,
+        }
+    }
+
+    pub(crate) fn insert(&self, r: Record) {
+        self.size.fetch_add(
+            r.key.len() + r.value.len() + ENTRY_OVERHEAD,
+            Ordering::Relaxed,
+        );
+        self.max_ts.fetch_max(r.ts, Ordering::Relaxed);
+        self.map.insert(
+            InternalKey {
+                key: r.key,
+                ts: r.ts,
+            },
+            Slot {
+                kind: r.kind,
+                expires_at: r.expires_at,
+                value: r.value,
+            },
+        );
+    }
+
+    /// Approximate memory used, in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(crate) fn max_ts(&self) -> u64 {
+        self.max_ts.load(Ordering::Relaxed)
+    }
+
+    /// The newest version of `key` with timestamp at most `read_ts`.
+    pub(crate) fn get(&self, key: &[u8], read_ts: u64) -> Option<Record> {
+        let probe = InternalKey {
+            key: key.to_vec(),
+            ts: read_ts,
+        };
+        let e = self.map.lower_bound(Bound::Included(&probe))?;
+        (e.key().key == key).then(|| to_record(e.key(), e.value()))
+    }
+
+    /// Up to `max` entries in internal order after `after` (exclusive), or from the start.
+    /// With `reverse`, the entries before `after`, in reverse internal order.
+    pub(crate) fn batch(
+        &self,
+        from: Bound<&InternalKey>,
+        reverse: bool,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) {
+        if reverse {
+            for e in self.map.range((Bound::Unbounded, from)).rev().take(max) {
+                out.push(to_record(e.key(), e.value()));
+            }
+        } else {
+            for e in self.map.range((from, Bound::Unbounded)).take(max) {
+                out.push(to_record(e.key(), e.value()));
+            }
+        }
+    }
+
+    /// Every entry in internal order (for flushing).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Record> + '_ {
+        self.map.iter().map(|e| to_record(e.key(), e.value()))
+    }
+}
+
+fn to_record(k: &InternalKey, s: &Slot) -> Record {
+    Record {
+        key: k.key.clone(),
+        ts: k.ts,
+        kind: s.kind,
+        expires_at: s.expires_at,
+        value: s.value.clone(),
+    }
+}
