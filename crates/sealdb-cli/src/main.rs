@@ -1,1 +1,412 @@
-fn main() {}
+//! `sealdb`: create, inspect, verify and benchmark sealdb stores.
+
+mod bench;
+mod demo;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sealdb::{Db, IterOptions, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "sealdb",
+    version,
+    about = "An embedded key-value store encrypted at rest"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// The store directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Master key file (32 raw bytes or 64 hex digits) of an encrypted store.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new store (encrypted when a key file is given).
+    Init {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a new random 32-byte master key file (mode 0600).
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Set a key.
+    Put {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Key and value are hex.
+        #[arg(long)]
+        hex: bool,
+        key: String,
+        value: String,
+    },
+    /// Print a key's value ("not found" on stderr and exit 1 when absent).
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Key is hex; the value is printed as hex.
+        #[arg(long)]
+        hex: bool,
+        key: String,
+    },
+    /// Delete a key.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Key is hex.
+        #[arg(long)]
+        hex: bool,
+        key: String,
+    },
+    /// Bulk-load `key<TAB>value` lines.
+    Load {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The TSV file ("-" for standard input).
+        #[arg(long)]
+        tsv: PathBuf,
+        /// Keys and values are hex.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Print `key<TAB>value` lines.
+    Scan {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Largest key first.
+        #[arg(long)]
+        reverse: bool,
+        /// Print (and take the prefix) as hex.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Read and authenticate every unit of every file; exit 1 on any integrity failure.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Levels, tables, sizes and key ids in use.
+    Info {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new data key; new files are written under it.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// The end-to-end demonstration in a temporary directory.
+    Demo,
+    /// Run the shared benchmark workload (DESIGN.md section 10).
+    Bench(bench::BenchArgs),
+}
+
+/// An error for the user: message and exit code.
+struct Failure(String, u8);
+
+impl From<sealdb::Error> for Failure {
+    fn from(e: sealdb::Error) -> Self {
+        Failure(format!("error: {e}"), 1)
+    }
+}
+
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure(format!("error: {}", msg.into()), 1)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn options(store: &StoreArgs, create: bool) -> Result<Options, Failure> {
+    let mut opts = Options {
+        create_if_missing: create,
+        ..Options::default()
+    };
+    if let Some(k) = &store.key_file {
+        opts = opts.with_key_file(k)?;
+    }
+    Ok(opts)
+}
+
+fn open(store: &StoreArgs) -> Result<Db, Failure> {
+    Ok(Db::open(&store.dir, options(store, false)?)?)
+}
+
+fn bytes_arg(s: &str, hex: bool, what: &str) -> Result<Vec<u8>, Failure> {
+    if hex {
+        hex::decode(s).map_err(|e| fail(format!("{what} is not valid hex: {e}")))
+    } else {
+        Ok(s.as_bytes().to_vec())
+    }
+}
+
+fn show(b: &[u8], hex: bool) -> String {
+    if hex {
+        hex::encode(b)
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+fn run(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Init { store } => {
+            if store.dir.join("MANIFEST").exists() {
+                return Err(fail(format!(
+                    "a store already exists in {}",
+                    store.dir.display()
+                )));
+            }
+            let db = Db::open(&store.dir, options(&store, true)?)?;
+            let enc = db.info()?.encrypted;
+            db.close()?;
+            println!(
+                "created {} store in {}",
+                if enc { "encrypted" } else { "unencrypted" },
+                store.dir.display()
+            );
+        }
+        Command::Keygen { out } => {
+            keygen(&out)?;
+            println!(
+                "wrote a new 32-byte master key to {} (mode 0600)",
+                out.display()
+            );
+        }
+        Command::Put {
+            store,
+            hex,
+            key,
+            value,
+        } => {
+            let db = open(&store)?;
+            db.put(
+                &bytes_arg(&key, hex, "key")?,
+                &bytes_arg(&value, hex, "value")?,
+            )?;
+            db.close()?;
+        }
+        Command::Get { store, hex, key } => {
+            let db = open(&store)?;
+            match db.get(&bytes_arg(&key, hex, "key")?)? {
+                Some(v) => println!("{}", show(&v, hex)),
+                None => return Err(Failure("not found".into(), 1)),
+            }
+        }
+        Command::Delete { store, hex, key } => {
+            let db = open(&store)?;
+            db.delete(&bytes_arg(&key, hex, "key")?)?;
+            db.close()?;
+        }
+        Command::Load { store, tsv, hex } => {
+            let db = open(&store)?;
+            let n = load(&db, &tsv, hex)?;
+            db.close()?;
+            println!("loaded {n} entries");
+        }
+        Command::Scan {
+            store,
+            prefix,
+            reverse,
+            hex,
+        } => {
+            let db = open(&store)?;
+            let opts = IterOptions {
+                prefix: prefix.map(|p| bytes_arg(&p, hex, "prefix")).transpose()?,
+                reverse,
+                ..Default::default()
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for kv in db.iter(opts)? {
+                let kv = kv?;
+                let r = writeln!(out, "{}\t{}", show(&kv.key, hex), show(&kv.value, hex));
+                if r.is_err() {
+                    break; // closed pipe (e.g. `| head`)
+                }
+            }
+            let _ = out.flush();
+        }
+        Command::Verify { store } => {
+            let report = sealdb::verify_store(&store.dir, &options(&store, false)?)?;
+            println!(
+                "ok: {} tables ({} bytes, {} entries) and {} WAL files ({} records) authenticated",
+                report.tables, report.bytes, report.entries, report.wal_files, report.wal_records
+            );
+        }
+        Command::Info { store, json } => {
+            let db = open(&store)?;
+            let info = db.info()?;
+            print_info(&info, json);
+        }
+        Command::Rotate { store } => {
+            let db = open(&store)?;
+            let id = db.rotate_data_key()?;
+            db.close()?;
+            println!("new active data key: {id}");
+        }
+        Command::Demo => demo::run()?,
+        Command::Bench(args) => bench::run(&args)?,
+    }
+    Ok(())
+}
+
+fn keygen(out: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = sealdb_crypto::SecretKey::generate().map_err(|e| fail(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| fail(format!("cannot create key file {}: {e}", out.display())))?;
+    f.write_all(key.danger_export())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| fail(format!("cannot write key file {}: {e}", out.display())))
+}
+
+fn load(db: &Db, tsv: &Path, hex: bool) -> Result<u64, Failure> {
+    let reader: Box<dyn BufRead> = if tsv == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(tsv)
+            .map_err(|e| fail(format!("cannot open {}: {e}", tsv.display())))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut batch = db.write_batch();
+    let mut n = 0u64;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let mut line = line.map_err(|e| fail(format!("{}: read error: {e}", tsv.display())))?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let lineno = i + 1;
+        let tab = line.iter().position(|b| *b == b'\t').ok_or_else(|| {
+            fail(format!(
+                "{}:{lineno}: expected key<TAB>value",
+                tsv.display()
+            ))
+        })?;
+        let (k, v) = (&line[..tab], &line[tab + 1..]);
+        let (k, v) = if hex {
+            let d = |s: &[u8], what| {
+                hex::decode(s).map_err(|e| {
+                    fail(format!(
+                        "{}:{lineno}: {what} is not valid hex: {e}",
+                        tsv.display()
+                    ))
+                })
+            };
+            (d(k, "key")?, d(v, "value")?)
+        } else {
+            (k.to_vec(), v.to_vec())
+        };
+        batch
+            .put(&k, &v)
+            .map_err(|e| fail(format!("{}:{lineno}: {e}", tsv.display())))?;
+        n += 1;
+    }
+    batch.commit()?;
+    Ok(n)
+}
+
+fn print_info(info: &sealdb::StoreInfo, json: bool) {
+    let key_ids: Vec<serde_json::Value> = info
+        .keys
+        .iter()
+        .map(|k| serde_json::json!({"id": k.id, "created": k.created, "state": k.state.as_str()}))
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "location": info.location,
+            "encrypted": info.encrypted,
+            "active_key_id": info.active_key_id,
+            "key_ids_in_use": info.key_ids_in_use,
+            "keys": key_ids,
+            "levels": info.levels.iter().map(|l| serde_json::json!({
+                "level": l.level, "tables": l.tables, "bytes": l.bytes, "entries": l.entries})).collect::<Vec<_>>(),
+            "tables": info.tables.iter().map(|t| serde_json::json!({
+                "file": t.file, "level": t.level, "bytes": t.bytes, "entries": t.entries, "key_id": t.key_id})).collect::<Vec<_>>(),
+            "memtables": info.memtables,
+            "memtable_bytes": info.memtable_bytes,
+            "wal_files": info.wal_files,
+            "block_cache_bytes": info.block_cache_bytes,
+            "pinned_index_filter_bytes": info.pinned_index_filter_bytes,
+            "last_commit_ts": info.last_commit_ts,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("JSON of plain values")
+        );
+        return;
+    }
+    println!("store:      {}", info.location.display());
+    println!(
+        "encryption: {}",
+        if info.encrypted {
+            format!("AES-256-GCM, active data key {}", info.active_key_id)
+        } else {
+            "none".to_string()
+        }
+    );
+    for k in &info.keys {
+        println!(
+            "  key {:>3}  created {}  {}",
+            k.id,
+            k.created,
+            k.state.as_str()
+        );
+    }
+    println!("key ids in use by tables: {:?}", info.key_ids_in_use);
+    println!("level  tables        bytes      entries");
+    for l in info.levels.iter().filter(|l| l.tables > 0) {
+        println!(
+            "L{:<5} {:>6} {:>12} {:>12}",
+            l.level, l.tables, l.bytes, l.entries
+        );
+    }
+    println!(
+        "memtables: {} ({} bytes), WAL files: {}",
+        info.memtables,
+        info.memtable_bytes,
+        info.wal_files.join(", ")
+    );
+    println!(
+        "memory: block cache {} bytes, pinned index+filter {} bytes",
+        info.block_cache_bytes, info.pinned_index_filter_bytes
+    );
+    println!("last commit timestamp: {}", info.last_commit_ts);
+}

@@ -803,9 +803,7 @@ impl Inner {
                 self.keys.active_sealer(),
                 self.opts.block_size,
             )?;
-            for r in mem.iter() {
-                b.add(r.as_ref())?;
-            }
+            mem.for_each(|r| b.add(r))?;
             b.finish(self.opts.bloom_bits_per_key)
         };
         let meta = self.poison_on_err(build())?;

@@ -103,16 +103,34 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<RecordRef<'a>, DecodeErro
     })
 }
 
-/// A key's internal form in the memtable's skiplist.
+/// A key's internal form in the memtable's skiplist. `head` holds the key's first 8 bytes
+/// (big-endian, zero-padded) inline, so most comparisons during a skiplist search never
+/// follow the pointer to the key's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InternalKey {
+    head: u64,
     pub(crate) key: Vec<u8>,
     pub(crate) ts: u64,
 }
 
+impl InternalKey {
+    pub(crate) fn new(key: Vec<u8>, ts: u64) -> Self {
+        let mut h = [0u8; 8];
+        let n = key.len().min(8);
+        h[..n].copy_from_slice(&key[..n]);
+        InternalKey {
+            head: u64::from_be_bytes(h),
+            key,
+            ts,
+        }
+    }
+}
+
 impl Ord for InternalKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        cmp_internal(&self.key, self.ts, &other.key, other.ts)
+        self.head
+            .cmp(&other.head)
+            .then_with(|| cmp_internal(&self.key, self.ts, &other.key, other.ts))
     }
 }
 

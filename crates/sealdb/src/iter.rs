@@ -81,20 +81,14 @@ impl MemSource {
             (Some(k), _) => Bound::Excluded(k),
             (None, false) => match &self.bounds.lower {
                 Some(l) => {
-                    start = InternalKey {
-                        key: l.clone(),
-                        ts: u64::MAX,
-                    };
+                    start = InternalKey::new(l.clone(), u64::MAX);
                     Bound::Included(&start)
                 }
                 None => Bound::Unbounded,
             },
             (None, true) => match &self.bounds.upper {
                 Some(u) => {
-                    start = InternalKey {
-                        key: u.clone(),
-                        ts: u64::MAX,
-                    };
+                    start = InternalKey::new(u.clone(), u64::MAX);
                     Bound::Excluded(&start)
                 }
                 None => Bound::Unbounded,
@@ -139,10 +133,7 @@ impl Source for MemSource {
         );
         self.pos += 1;
         if self.pos == self.buf.len() && !self.exhausted {
-            let after = InternalKey {
-                key: r.key.clone(),
-                ts: r.ts,
-            };
+            let after = InternalKey::new(r.key.clone(), r.ts);
             self.fill(Some(after));
         }
         Ok(Some(r))

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_skiplist::SkipMap;
 
-use crate::entry::{InternalKey, Kind, Record};
+use crate::entry::{InternalKey, Kind, Record, RecordRef};
 
 /// Value side of a skiplist entry.
 #[derive(Debug, Clone)]
@@ -43,10 +43,7 @@ impl Memtable {
         );
         self.max_ts.fetch_max(r.ts, Ordering::Relaxed);
         self.map.insert(
-            InternalKey {
-                key: r.key,
-                ts: r.ts,
-            },
+            InternalKey::new(r.key, r.ts),
             Slot {
                 kind: r.kind,
                 expires_at: r.expires_at,
@@ -70,10 +67,7 @@ impl Memtable {
 
     /// The newest version of `key` with timestamp at most `read_ts`.
     pub(crate) fn get(&self, key: &[u8], read_ts: u64) -> Option<Record> {
-        let probe = InternalKey {
-            key: key.to_vec(),
-            ts: read_ts,
-        };
+        let probe = InternalKey::new(key.to_vec(), read_ts);
         let e = self.map.lower_bound(Bound::Included(&probe))?;
         (e.key().key == key).then(|| to_record(e.key(), e.value()))
     }
@@ -98,9 +92,22 @@ impl Memtable {
         }
     }
 
-    /// Every entry in internal order (for flushing).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = Record> + '_ {
-        self.map.iter().map(|e| to_record(e.key(), e.value()))
+    /// Calls `f` on every entry in internal order, without copying (for flushing).
+    pub(crate) fn for_each<E>(
+        &self,
+        mut f: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for e in self.map.iter() {
+            let (k, s) = (e.key(), e.value());
+            f(RecordRef {
+                key: &k.key,
+                ts: k.ts,
+                kind: s.kind,
+                expires_at: s.expires_at,
+                value: &s.value,
+            })?;
+        }
+        Ok(())
     }
 }
 

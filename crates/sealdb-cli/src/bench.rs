@@ -1,0 +1,128 @@
+//! `sealdb bench`: the shared workload of DESIGN.md section 10, printed in the peers' format.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sealdb::{Db, HostKeyProvider, IterOptions, Options};
+
+use crate::{fail, Failure};
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Store directory (wiped first).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of keys.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Random point reads.
+    #[arg(long, default_value_t = 200_000)]
+    reads: u64,
+    /// `none` or `host`.
+    #[arg(long, default_value = "host")]
+    encryption: String,
+    /// Keys per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: u64,
+}
+
+fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// xorshift64*: a fixed, dependency-free sequence of read positions.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
+    let provider: Option<Arc<dyn sealdb::KeyProvider>> = match a.encryption.as_str() {
+        "none" => None,
+        "host" => {
+            let master = sealdb_crypto::SecretKey::generate().map_err(|e| fail(e.to_string()))?;
+            Some(Arc::new(HostKeyProvider::new(&master)))
+        }
+        other => {
+            return Err(fail(format!(
+                "--encryption must be none or host, not {other}"
+            )))
+        }
+    };
+    if a.n == 0 || a.batch == 0 {
+        return Err(fail("--n and --batch must be positive"));
+    }
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let opts = Options {
+        key_provider: provider,
+        ..Options::default()
+    };
+    let mut value = vec![0u8; a.value_size];
+    sealdb_crypto::fill_random(&mut value).map_err(|e| fail(e.to_string()))?;
+
+    let t = Instant::now();
+    let db = Db::open(&a.dir, opts.clone())?;
+    let mut i = 0;
+    while i < a.n {
+        let mut b = db.write_batch();
+        for j in i..(i + a.batch).min(a.n) {
+            b.put(&key(j), &value)?;
+        }
+        b.commit()?;
+        i += a.batch;
+    }
+    db.close()?;
+    let fill = t.elapsed().as_secs_f64();
+
+    let db = Db::open(&a.dir, opts)?;
+    let mut rng = Rng(42);
+    let t = Instant::now();
+    db.view(|txn| {
+        for _ in 0..a.reads {
+            let k = key(rng.next() % a.n);
+            if txn.get(&k)?.is_none() {
+                return Err(sealdb::Error::InvalidArgument("a loaded key is missing"));
+            }
+        }
+        Ok(())
+    })?;
+    let read = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut scanned = 0u64;
+    for kv in db.iter(IterOptions::default())? {
+        scanned += u64::from(kv?.value.len() == a.value_size);
+    }
+    let scan = t.elapsed().as_secs_f64();
+    db.close()?;
+    if scanned != a.n {
+        return Err(fail(format!(
+            "scan returned {scanned} entries, expected {}",
+            a.n
+        )));
+    }
+    println!(
+        "engine=sealdb enc={} n={} vsz={} fill_ops_s={:.0} read_ops_s={:.0} scan_ops_s={:.0} scanned={}",
+        a.encryption,
+        a.n,
+        a.value_size,
+        a.n as f64 / fill,
+        a.reads as f64 / read,
+        scanned as f64 / scan,
+        scanned
+    );
+    Ok(())
+}
