@@ -1049,6 +1049,10 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
     let manifest = version::read_manifest(storage.as_ref(), &keys)?;
     let cache = Arc::new(table::new_cache(1 << 20));
     let mut report = crate::VerifyReport::default();
+    if keys.is_encrypted() {
+        report.files.push(REGISTRY_FILE.to_string());
+    }
+    report.files.push(MANIFEST.to_string());
     for m in manifest.levels.iter().flatten() {
         let t = Table::open(storage.as_ref(), &keys, m.file_no, cache.clone())?;
         if t.meta.smallest != m.smallest || t.meta.largest != m.largest || t.meta.key_id != m.key_id
@@ -1062,12 +1066,14 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
         report.entries += t.verify()?;
         report.tables += 1;
         report.bytes += t.meta.size;
+        report.files.push(t.name().to_string());
     }
     for name in storage.list().map_err(|e| Error::io(".", e))? {
         if let Some(n) = parse_file_no(&name, ".wal") {
             if n >= manifest.log_no {
                 report.wal_records += wal::verify(storage.as_ref(), &keys, n)?;
                 report.wal_files += 1;
+                report.files.push(name);
             }
         }
     }

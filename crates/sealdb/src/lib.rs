@@ -136,4 +136,8 @@ pub struct VerifyReport {
     pub wal_files: u64,
     /// WAL records authenticated.
     pub wal_records: u64,
+    /// Every file read and authenticated (key registry, manifest, tables, logs). Files in
+    /// the directory but not listed are not part of the store's state (for example a table
+    /// left by an interrupted compaction; the next open removes it).
+    pub files: Vec<String>,
 }
