@@ -16,7 +16,7 @@ use crate::entry::Record;
 use crate::iter::{Merge, RunSource, Source};
 use crate::table::{Table, TableBuilder, TableMeta};
 use crate::version::NUM_LEVELS;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The shape parameters compaction decisions depend on.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +113,9 @@ pub(crate) struct Output<'a> {
     pub(crate) target_file_size: u64,
     pub(crate) watermark: u64,
     pub(crate) now: u64,
+    /// Polled now and then; when it returns true the merge stops with [`Error::Closed`]
+    /// (the caller removes partial outputs).
+    pub(crate) cancelled: &'a dyn Fn() -> bool,
 }
 
 /// Merges the input tables (L0 tables are runs of one; a level is one run) into new tables.
@@ -139,7 +142,12 @@ pub(crate) fn run(
     let mut builder: Option<TableBuilder> = None;
     let mut group_key: Option<Vec<u8>> = None;
     let mut seen_visible = false;
+    let mut n = 0u64;
     while let Some(r) = merge.next_record()? {
+        n += 1;
+        if n % 4096 == 0 && (out.cancelled)() {
+            return Err(Error::Closed);
+        }
         let new_key = group_key.as_deref() != Some(r.key.as_slice());
         if new_key {
             seen_visible = false;

@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     next_file_no: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
+    /// Set when close begins: compactions stop early.
+    closing: AtomicBool,
     stall_count: AtomicU64,
     compactions: AtomicU64,
     _lock: Option<std::fs::File>,
@@ -368,6 +370,7 @@ impl Db {
             next_file_no: AtomicU64::new(wal_no + 1),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             stall_count: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             opts,
@@ -417,6 +420,7 @@ impl Db {
                 }
             }
         }
+        inner.closing.store(true, Ordering::Release);
         {
             let mut bg = inner.bg.lock();
             bg.closing = true;
@@ -892,8 +896,10 @@ impl Inner {
         let outputs = if task.trivial_move {
             inputs.clone()
         } else {
+            let created = std::cell::RefCell::new(Vec::new());
             let mut new_table = || {
                 let no = self.alloc_file_no();
+                created.borrow_mut().push(no);
                 TableBuilder::create(
                     self.storage.as_ref(),
                     no,
@@ -912,8 +918,16 @@ impl Inner {
                     target_file_size: self.opts.target_file_size,
                     watermark: self.oracle.watermark(),
                     now: now_secs(),
+                    cancelled: &|| self.closing.load(Ordering::Acquire),
                 },
             );
+            if matches!(metas, Err(Error::Closed)) {
+                // Closing: drop the partial outputs; the inputs are untouched.
+                for no in created.borrow().iter() {
+                    let _ = self.storage.remove(&table::file_name(*no));
+                }
+                return Ok(false);
+            }
             let metas = self.poison_on_err(metas)?;
             let mut tables = Vec::new();
             for m in metas {

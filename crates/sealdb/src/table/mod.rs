@@ -66,10 +66,27 @@ pub(crate) struct TableMeta {
 
 #[derive(Debug, Clone)]
 struct IndexEntry {
+    /// First 8 bytes of `last_key`, big-endian and zero-padded: most binary-search steps
+    /// are decided on it without touching the key's bytes.
+    head: u64,
     offset: u64,
     len: u32,
     last_key: Vec<u8>,
     last_ts: u64,
+}
+
+fn key_head(key: &[u8]) -> u64 {
+    let mut h = [0u8; 8];
+    let n = key.len().min(8);
+    h[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(h)
+}
+
+impl IndexEntry {
+    /// Orders this block's last key against a user key.
+    fn cmp_key(&self, head: u64, key: &[u8]) -> Ordering {
+        self.head.cmp(&head).then_with(|| self.last_key.as_slice().cmp(key))
+    }
 }
 
 /// Writes one table.
@@ -184,6 +201,7 @@ impl TableBuilder {
         let (offset, len) = self.write_unit(position)?;
         let (last_key, last_ts) = self.last.clone().expect("non-empty block has a last entry");
         self.index.push(IndexEntry {
+            head: key_head(&last_key),
             offset,
             len,
             last_key,
@@ -429,9 +447,10 @@ impl Table {
         {
             return Ok(None);
         }
-        let bi = self.index.partition_point(|e| {
-            cmp_internal(&e.last_key, e.last_ts, key, read_ts) == Ordering::Less
-        });
+        let head = key_head(key);
+        let bi = self
+            .index
+            .partition_point(|e| e.cmp_key(head, key).then(read_ts.cmp(&e.last_ts)) == Ordering::Less);
         if bi >= self.index.len() {
             return Ok(None);
         }
@@ -448,7 +467,9 @@ impl Table {
 
     /// Index of the first block that may hold user key >= `key`.
     pub(crate) fn block_for_key(&self, key: &[u8]) -> usize {
-        self.index.partition_point(|e| e.last_key.as_slice() < key)
+        let head = key_head(key);
+        self.index
+            .partition_point(|e| e.cmp_key(head, key) == Ordering::Less)
     }
 
     /// Reads every block (bypassing the cache) and checks order; returns the entry count.
@@ -544,6 +565,7 @@ fn decode_index(
         }
         expected_off = offset + u64::from(len);
         index.push(IndexEntry {
+            head: key_head(&last_key),
             offset,
             len,
             last_key,
