@@ -145,7 +145,7 @@ pub(crate) fn run(
     let mut n = 0u64;
     while let Some(r) = merge.next_record()? {
         n += 1;
-        if n % 4096 == 0 && (out.cancelled)() {
+        if n.is_multiple_of(4096) && (out.cancelled)() {
             return Err(Error::Closed);
         }
         let new_key = group_key.as_deref() != Some(r.key.as_slice());
@@ -185,7 +185,7 @@ fn keep(r: &Record, seen_visible: &mut bool, bottom: bool, watermark: u64, now: 
         return false;
     }
     *seen_visible = true;
-    !(bottom && !r.is_live(now))
+    !bottom || r.is_live(now)
 }
 
 #[cfg(test)]

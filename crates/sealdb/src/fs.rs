@@ -36,6 +36,10 @@ pub trait ReadableFile: Send + Sync {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// The file's length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// A directory of files. All engine I/O goes through this trait.
@@ -242,11 +246,10 @@ impl MemStorage {
             out.live.insert(name.clone(), copy.clone());
             out.durable.insert(name.clone(), copy);
         }
-        let s = MemStorage {
+        MemStorage {
             dir: Arc::new(Mutex::new(out)),
             countdown: Arc::new(AtomicI64::new(-1)),
-        };
-        s
+        }
     }
 
     /// Direct access to a file's bytes, to corrupt them in tests.

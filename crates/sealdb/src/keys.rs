@@ -558,7 +558,7 @@ impl KeyRing {
     /// (or, in an encrypted store, for key id 0: plaintext is never accepted).
     pub(crate) fn sealer_for(&self, key_id: u32) -> Option<Sealer> {
         if self.provider.is_none() {
-            return (key_id == 0).then(|| Sealer {
+            return (key_id == 0).then_some(Sealer {
                 store_id: self.store_id,
                 key_id: 0,
                 key: None,

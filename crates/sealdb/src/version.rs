@@ -260,7 +260,7 @@ impl Version {
 
     /// Sorts each level into its invariant order.
     pub(crate) fn normalize(&mut self) {
-        self.levels[0].sort_by(|a, b| b.meta.file_no.cmp(&a.meta.file_no));
+        self.levels[0].sort_by_key(|t| std::cmp::Reverse(t.meta.file_no));
         for level in self.levels.iter_mut().skip(1) {
             level.sort_by(|a, b| a.meta.smallest.cmp(&b.meta.smallest));
         }

@@ -101,7 +101,7 @@ fn unsynced_crash_recovers_a_prefix_of_commits() {
         let db = Db::open("", mem_options(&image, false)).unwrap();
         let got = contents(&db);
         assert!(
-            history[synced_at..].iter().any(|m| *m == got),
+            history[synced_at..].contains(&got),
             "round {round}: recovered state is not a prefix of commits at or after the last sync"
         );
     }

@@ -88,7 +88,9 @@ fn no_plaintext_on_disk_after_loading_50000_marked_entries() {
 }
 
 /// An encrypted store in memory with tables (several levels) and an unflushed WAL.
-fn tamper_fixture() -> (MemStorage, Options, Vec<(Vec<u8>, Vec<u8>)>) {
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn tamper_fixture() -> (MemStorage, Options, Pairs) {
     let mem = MemStorage::new();
     let opts = Options {
         storage: Some(Arc::new(mem.clone())),

@@ -34,7 +34,7 @@ impl Bloom {
     /// Parses a filter block; `None` if malformed.
     pub(crate) fn decode(buf: &[u8]) -> Option<Bloom> {
         let (&probes, bits) = buf.split_first()?;
-        (probes >= 1 && probes <= 30 && !bits.is_empty()).then(|| Bloom {
+        ((1..=30).contains(&probes) && !bits.is_empty()).then(|| Bloom {
             probes,
             bits: bits.to_vec(),
         })

@@ -85,7 +85,9 @@ fn key_head(key: &[u8]) -> u64 {
 impl IndexEntry {
     /// Orders this block's last key against a user key.
     fn cmp_key(&self, head: u64, key: &[u8]) -> Ordering {
-        self.head.cmp(&head).then_with(|| self.last_key.as_slice().cmp(key))
+        self.head
+            .cmp(&head)
+            .then_with(|| self.last_key.as_slice().cmp(key))
     }
 }
 
@@ -448,9 +450,9 @@ impl Table {
             return Ok(None);
         }
         let head = key_head(key);
-        let bi = self
-            .index
-            .partition_point(|e| e.cmp_key(head, key).then(read_ts.cmp(&e.last_ts)) == Ordering::Less);
+        let bi = self.index.partition_point(|e| {
+            e.cmp_key(head, key).then(read_ts.cmp(&e.last_ts)) == Ordering::Less
+        });
         if bi >= self.index.len() {
             return Ok(None);
         }
