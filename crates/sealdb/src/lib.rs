@@ -42,6 +42,8 @@ mod db;
 mod entry;
 mod error;
 pub mod fs;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod iter;
 mod keys;
 mod memtable;

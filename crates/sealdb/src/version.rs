@@ -191,7 +191,7 @@ pub(crate) fn read_manifest(storage: &dyn Storage, keys: &KeyRing) -> Result<Man
     Ok(state)
 }
 
-fn decode_body(b: &[u8]) -> std::result::Result<ManifestState, DecodeError> {
+pub(crate) fn decode_body(b: &[u8]) -> std::result::Result<ManifestState, DecodeError> {
     let mut r = Reader::new(b);
     let next_file_no = r.varint("next file number")?;
     let log_no = r.varint("log number")?;

@@ -125,19 +125,9 @@ pub(crate) fn replay(
     while offset < buf.len() {
         match open_chunk(keys, file_no, &mut buf, offset) {
             Ok((plain_range, next)) => {
-                let plain = &buf[plain_range.clone()];
-                let mut r = Reader::new(plain);
                 let base = (offset + HEADER_LEN) as u64;
-                let count = r
-                    .varint("record count")
+                decode_commit(&buf[plain_range.clone()], &mut apply)
                     .map_err(|e| e.into_error(&name, base))?;
-                for _ in 0..count {
-                    let rec = entry::decode(&mut r).map_err(|e| e.into_error(&name, base))?;
-                    apply(rec);
-                }
-                if !r.is_empty() {
-                    return Err(Error::format(&name, base, "trailing bytes in a WAL chunk"));
-                }
                 offset = next;
             }
             Err(reason) => {
@@ -149,6 +139,25 @@ pub(crate) fn replay(
         }
     }
     Ok(Tail::Clean)
+}
+
+/// Decodes one commit's plaintext: `varint count ‖ count × entry`, nothing after.
+pub(crate) fn decode_commit(
+    plain: &[u8],
+    apply: &mut impl FnMut(RecordRef<'_>),
+) -> std::result::Result<(), crate::codec::DecodeError> {
+    let mut r = Reader::new(plain);
+    let count = r.varint("record count")?;
+    for _ in 0..count {
+        apply(entry::decode(&mut r)?);
+    }
+    if !r.is_empty() {
+        return Err(crate::codec::DecodeError {
+            at: r.pos(),
+            what: "trailing bytes in a WAL chunk",
+        });
+    }
+    Ok(())
 }
 
 /// Authenticates the chunk at `offset` in place; returns the plaintext range and the next offset.

@@ -7,7 +7,7 @@
 //! offsets and block count, so a modified footer is detected. See docs/format.md.
 
 mod block;
-mod filter;
+pub(crate) mod filter;
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::keys::{FileKind, KeyRing, Place, Sealer, FORMAT_VERSION};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"SEALSST1";
-const FOOTER_LEN: usize = 44;
+pub(crate) const FOOTER_LEN: usize = 44;
 const INDEX_POSITION: u64 = 1 << 40;
 const FILTER_POSITION: u64 = (1 << 40) + 1;
 /// Largest unit a table may claim (bounds allocation on untrusted lengths).
@@ -65,7 +65,7 @@ pub(crate) struct TableMeta {
 }
 
 #[derive(Debug, Clone)]
-struct IndexEntry {
+pub(crate) struct IndexEntry {
     /// First 8 bytes of `last_key`, big-endian and zero-padded: most binary-search steps
     /// are decided on it without touching the key's bytes.
     head: u64,
@@ -271,7 +271,7 @@ fn encode_index(index: &[IndexEntry], out: &mut Vec<u8>) {
 }
 
 /// The footer's fields.
-struct Footer {
+pub(crate) struct Footer {
     index_off: u64,
     index_len: u32,
     filter_off: u64,
@@ -280,7 +280,7 @@ struct Footer {
     block_count: u32,
 }
 
-fn decode_footer(b: &[u8]) -> std::result::Result<Footer, &'static str> {
+pub(crate) fn decode_footer(b: &[u8]) -> std::result::Result<Footer, &'static str> {
     let mut r = Reader::new(b);
     let f = (|| {
         Ok::<_, crate::codec::DecodeError>(Footer {
@@ -543,9 +543,9 @@ fn open_unit(
     Ok(buf)
 }
 
-type IndexParts = (Vec<IndexEntry>, u64, Vec<u8>, Vec<u8>, u64);
+pub(crate) type IndexParts = (Vec<IndexEntry>, u64, Vec<u8>, Vec<u8>, u64);
 
-fn decode_index(
+pub(crate) fn decode_index(
     b: &[u8],
     footer: &Footer,
 ) -> std::result::Result<IndexParts, crate::codec::DecodeError> {
