@@ -49,6 +49,24 @@ impl Rng {
     }
 }
 
+/// Resident set size in KiB (Linux), for `SEALDB_BENCH_RSS=1`.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn phase(name: &str) {
+    if std::env::var_os("SEALDB_BENCH_RSS").is_some() {
+        eprintln!("rss after {name}: {} MiB", rss_kib() / 1024);
+    }
+}
+
 pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
     let provider: Option<Arc<dyn sealdb::KeyProvider>> = match a.encryption.as_str() {
         "none" => None,
@@ -84,8 +102,10 @@ pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
         b.commit()?;
         i += a.batch;
     }
+    phase("fill writes");
     db.close()?;
     let fill = t.elapsed().as_secs_f64();
+    phase("fill close");
 
     let db = Db::open(&a.dir, opts)?;
     let mut rng = Rng(42);
@@ -100,13 +120,19 @@ pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
         Ok(())
     })?;
     let read = t.elapsed().as_secs_f64();
+    phase("reads");
 
     let t = Instant::now();
     let mut scanned = 0u64;
-    for kv in db.iter(IterOptions::default())? {
+    let bulk = IterOptions {
+        fill_cache: false,
+        ..IterOptions::default()
+    };
+    for kv in db.iter(bulk)? {
         scanned += u64::from(kv?.value.len() == a.value_size);
     }
     let scan = t.elapsed().as_secs_f64();
+    phase("scan");
     db.close()?;
     if scanned != a.n {
         return Err(fail(format!(

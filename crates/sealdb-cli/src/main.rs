@@ -366,6 +366,7 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
             "block_cache_bytes": info.block_cache_bytes,
             "pinned_index_filter_bytes": info.pinned_index_filter_bytes,
             "last_commit_ts": info.last_commit_ts,
+            "discarded_wal_tails": info.discarded_wal_tails,
         });
         println!(
             "{}",
@@ -409,4 +410,7 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
         info.block_cache_bytes, info.pinned_index_filter_bytes
     );
     println!("last commit timestamp: {}", info.last_commit_ts);
+    for t in &info.discarded_wal_tails {
+        println!("discarded at open (torn WAL tail): {t}");
+    }
 }

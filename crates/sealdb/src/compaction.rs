@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::entry::Record;
-use crate::iter::{Merge, RunSource, Source};
+use crate::iter::{Bounds, Merge, RunSource, Source};
 use crate::table::{Table, TableBuilder, TableMeta};
 use crate::version::NUM_LEVELS;
 use crate::{Error, Result};
@@ -118,6 +118,16 @@ pub(crate) struct Output<'a> {
     pub(crate) cancelled: &'a dyn Fn() -> bool,
 }
 
+/// Whole tables, forward, without filling the block cache.
+fn uncached() -> Bounds {
+    Bounds {
+        lower: None,
+        upper: None,
+        reverse: false,
+        fill_cache: false,
+    }
+}
+
 /// Merges the input tables (L0 tables are runs of one; a level is one run) into new tables.
 pub(crate) fn run(
     level_inputs: Vec<Arc<Table>>,
@@ -129,13 +139,13 @@ pub(crate) fn run(
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if level == 0 {
         for t in level_inputs {
-            sources.push(Box::new(RunSource::new(vec![t], Default::default())?));
+            sources.push(Box::new(RunSource::new(vec![t], uncached())?));
         }
     } else {
-        sources.push(Box::new(RunSource::new(level_inputs, Default::default())?));
+        sources.push(Box::new(RunSource::new(level_inputs, uncached())?));
     }
     if !next_inputs.is_empty() {
-        sources.push(Box::new(RunSource::new(next_inputs, Default::default())?));
+        sources.push(Box::new(RunSource::new(next_inputs, uncached())?));
     }
     let mut merge = Merge::new(sources, false);
     let mut outputs = Vec::new();

@@ -22,7 +22,7 @@ use crate::keys::{now_secs, KeyProvider, KeyRing, StoreId, REGISTRY_FILE};
 use crate::memtable::Memtable;
 use crate::mvcc::{fingerprint, Oracle};
 use crate::table::{self, BlockCache, Table, TableBuilder, TableMeta};
-use crate::version::{self, ManifestState, Version, MANIFEST, NUM_LEVELS};
+use crate::version::{self, ManifestState, Version, MANIFEST};
 use crate::wal::{self, WalWriter};
 use crate::{Error, Result};
 
@@ -150,6 +150,13 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     /// Set when close begins: compactions stop early.
     closing: AtomicBool,
+    /// The first error of a background flush or compaction.
+    bg_error: Mutex<Option<Error>>,
+    /// Serialize flushes, and compactions (each may also run from a caller's thread).
+    flush_mutex: Mutex<()>,
+    compact_mutex: Mutex<()>,
+    /// WAL tails discarded at open (torn writes): file, offset, bytes.
+    discarded_tails: Vec<(String, u64, u64)>,
     stall_count: AtomicU64,
     compactions: AtomicU64,
     _lock: Option<std::fs::File>,
@@ -185,53 +192,74 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
-/// What opening found: the key ring and whether the store is new.
-fn open_keys(storage: &dyn Storage, opts: &Options) -> Result<(KeyRing, bool)> {
+/// What opening found, before anything is written.
+enum Found {
+    /// An existing store; its key (if any) is checked.
+    Store(KeyRing),
+    /// An encrypted store whose creation stopped after the key registry was written: the
+    /// key is checked and no data file exists; the manifest is still to be written.
+    Unfinished(KeyRing),
+    /// No store: one may be created.
+    Nothing,
+}
+
+fn has_data_files(storage: &dyn Storage) -> Result<bool> {
+    let names = storage.list().map_err(|e| Error::io(".", e))?;
+    Ok(names
+        .iter()
+        .any(|n| parse_file_no(n, ".sst").is_some() || parse_file_no(n, ".wal").is_some()))
+}
+
+const MISSING_REGISTRY: &str = "the key registry of an encrypted store is missing";
+
+/// Reads (never writes) what the directory holds, checking the master key first.
+fn probe(storage: &dyn Storage, opts: &Options) -> Result<Found> {
     let loc = storage.location();
     let has_registry = storage.exists(REGISTRY_FILE);
     let has_manifest = storage.exists(MANIFEST);
+    let manifest_header = || -> Result<version::ManifestHeader> {
+        let buf = storage
+            .read_all(MANIFEST)
+            .map_err(|e| Error::io(MANIFEST, e))?;
+        version::decode_header(&buf)
+    };
     match (&opts.key_provider, has_registry, has_manifest) {
         (None, true, _) => Err(Error::KeyRequired(loc)),
-        (Some(p), true, _) => Ok((KeyRing::load(storage, p.clone())?, false)),
-        (Some(_), false, true) => {
-            let buf = storage
-                .read_all(MANIFEST)
-                .map_err(|e| Error::io(MANIFEST, e))?;
-            if version::decode_header(&buf)?.encrypted {
-                Err(Error::integrity(
-                    REGISTRY_FILE,
+        (Some(p), true, true) => Ok(Found::Store(KeyRing::load(storage, p.clone())?)),
+        (Some(p), true, false) => {
+            let ring = KeyRing::load(storage, p.clone())?;
+            if has_data_files(storage)? {
+                return Err(Error::integrity(
+                    MANIFEST,
                     0,
-                    "the key registry of an encrypted store is missing",
-                ))
+                    "the manifest is missing but data files exist",
+                ));
+            }
+            Ok(Found::Unfinished(ring))
+        }
+        (Some(_), false, true) => {
+            if manifest_header()?.encrypted {
+                Err(Error::integrity(REGISTRY_FILE, 0, MISSING_REGISTRY))
             } else {
                 Err(Error::NotEncrypted(loc))
             }
         }
         (None, false, true) => {
-            let buf = storage
-                .read_all(MANIFEST)
-                .map_err(|e| Error::io(MANIFEST, e))?;
-            let h = version::decode_header(&buf)?;
+            let h = manifest_header()?;
             if h.encrypted {
-                return Err(Error::integrity(
-                    REGISTRY_FILE,
-                    0,
-                    "the key registry of an encrypted store is missing",
-                ));
+                return Err(Error::integrity(REGISTRY_FILE, 0, MISSING_REGISTRY));
             }
-            Ok((KeyRing::plain(h.store_id), false))
+            Ok(Found::Store(KeyRing::plain(h.store_id)))
         }
         (_, false, false) => {
-            if !opts.create_if_missing {
-                return Err(Error::NotFound(loc));
+            if has_data_files(storage)? {
+                return Err(Error::integrity(
+                    MANIFEST,
+                    0,
+                    "the manifest is missing but data files exist",
+                ));
             }
-            let mut store_id: StoreId = [0; 16];
-            sealdb_crypto::fill_random(&mut store_id)?;
-            let ring = match &opts.key_provider {
-                Some(p) => KeyRing::create(storage, store_id, p.clone())?,
-                None => KeyRing::plain(store_id),
-            };
-            Ok((ring, true))
+            Ok(Found::Nothing)
         }
     }
 }
@@ -261,25 +289,42 @@ impl Db {
                 (Arc::new(s), None::<std::fs::File>)
             }
         };
-        // Key check first: a missing or wrong key changes no file (not even LOCK).
-        let (keys, is_new) = open_keys(storage.as_ref(), &opts)?;
+        // Key check first: a missing or wrong key changes no file (not even LOCK). Nothing is
+        // written before the lock is held.
+        let mut found = probe(storage.as_ref(), &opts)?;
         let lock = match (&opts.storage, lock) {
             (None, _) => Some(lock_dir(dir)?),
             (Some(_), l) => l,
         };
+        if matches!(found, Found::Nothing) {
+            // Another process may have created the store before we took the lock.
+            found = probe(storage.as_ref(), &opts)?;
+        }
         let cache = Arc::new(table::new_cache(opts.block_cache_size));
-        let mut manifest = if is_new {
-            let m = ManifestState {
-                generation: 1,
-                next_file_no: 1,
-                log_no: 0,
-                last_ts: 0,
-                levels: vec![Vec::new(); NUM_LEVELS],
-            };
-            version::write_manifest(storage.as_ref(), &keys, &m)?;
-            m
-        } else {
-            version::read_manifest(storage.as_ref(), &keys)?
+        let (keys, mut manifest) = match found {
+            Found::Store(keys) => {
+                let m = version::read_manifest(storage.as_ref(), &keys)?;
+                (keys, m)
+            }
+            Found::Unfinished(keys) => {
+                let m = version::write_new_manifest(storage.as_ref(), &keys)?;
+                (keys, m)
+            }
+            Found::Nothing => {
+                if !opts.create_if_missing {
+                    return Err(Error::NotFound(storage.location()));
+                }
+                let mut store_id: StoreId = [0; 16];
+                sealdb_crypto::fill_random(&mut store_id)?;
+                // Registry first, then manifest: a crash in between leaves an unfinished
+                // store that the next open completes.
+                let keys = match &opts.key_provider {
+                    Some(p) => KeyRing::create(storage.as_ref(), store_id, p.clone())?,
+                    None => KeyRing::plain(store_id),
+                };
+                let m = version::write_new_manifest(storage.as_ref(), &keys)?;
+                (keys, m)
+            }
         };
 
         let mut version = Version::empty();
@@ -288,16 +333,7 @@ impl Db {
         for (level, metas) in manifest.levels.iter().enumerate() {
             for m in metas {
                 let t = Table::open(storage.as_ref(), &keys, m.file_no, cache.clone())?;
-                if t.meta.smallest != m.smallest
-                    || t.meta.largest != m.largest
-                    || t.meta.key_id != m.key_id
-                {
-                    return Err(Error::integrity(
-                        t.name(),
-                        0,
-                        "table does not match its manifest entry",
-                    ));
-                }
+                t.check_manifest_entry(m)?;
                 max_ts = max_ts.max(t.meta.max_ts);
                 live_tables.insert(m.file_no);
                 version.levels[level].push(Arc::new(t));
@@ -320,12 +356,18 @@ impl Db {
         }
         wals.sort_unstable();
         let mut imms = Vec::new();
+        let mut discarded_tails = Vec::new();
         for &no in &wals {
             let mem = Memtable::new(no);
-            wal::replay(storage.as_ref(), &keys, no, |r| {
+            let tail = wal::replay(storage.as_ref(), &keys, no, |r| {
                 max_ts = max_ts.max(r.ts);
                 mem.insert(r.to_owned());
             })?;
+            if let wal::Tail::Torn(offset) = tail {
+                let name = wal::file_name(no);
+                let len = storage.open(&name).and_then(|f| f.len()).unwrap_or(offset);
+                discarded_tails.push((name, offset, len.saturating_sub(offset)));
+            }
             if mem.is_empty() {
                 continue;
             }
@@ -371,6 +413,10 @@ impl Db {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            bg_error: Mutex::new(None),
+            flush_mutex: Mutex::new(()),
+            compact_mutex: Mutex::new(()),
+            discarded_tails,
             stall_count: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             opts,
@@ -433,7 +479,7 @@ impl Db {
             while inner.flush_one()? {}
         }
         if result.is_ok() && inner.is_poisoned() {
-            result = Err(Error::Poisoned);
+            result = Err(inner.bg_error.lock().take().unwrap_or(Error::Poisoned));
         }
         result
     }
@@ -589,6 +635,15 @@ impl Inner {
         self.poisoned.load(Ordering::Acquire)
     }
 
+    /// Keeps the first error a background thread hit (returned by `close`) and poisons.
+    fn record_background_error(&self, e: Error) {
+        self.poisoned.store(true, Ordering::Release);
+        let mut slot = self.bg_error.lock();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
     fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {
             self.poisoned.store(true, Ordering::Release);
@@ -633,7 +688,12 @@ impl Inner {
         let sync = sync || self.opts.sync_writes;
         if let Err(e) = c.wal.append(&records, sync) {
             self.oracle.abandon_commit(ts);
-            return self.poison_on_err(Err(e));
+            // Only a failed write or fsync leaves the log in doubt; a refusal before any
+            // byte was written (too large, no randomness) does not poison the store.
+            if matches!(e, Error::Io { .. }) {
+                return self.poison_on_err(Err(e));
+            }
+            return Err(e);
         }
         let fps = if reads.is_some() {
             records.iter().map(|r| fingerprint(&r.key)).collect()
@@ -646,7 +706,9 @@ impl Inner {
         }
         self.oracle.finish_commit(ts, fps);
         if mem.size() >= self.opts.memtable_size {
-            self.rotate_memtable(&mut c)?;
+            // The commit is durable as asked and visible: a failed rotation poisons the
+            // store for later calls but does not turn this commit into a failure.
+            let _ = self.rotate_memtable(&mut c);
         }
         Ok(ts)
     }
@@ -674,6 +736,10 @@ impl Inner {
     }
 
     fn rotate_memtable(&self, c: &mut CommitState) -> Result<()> {
+        // The frozen memtable's log is made durable before any later commit goes to the new
+        // log, so a crash always recovers a prefix of the commits.
+        let synced = c.wal.sync();
+        self.poison_on_err(synced)?;
         let no = self.alloc_file_no();
         let wal = WalWriter::create(self.storage.as_ref(), no, self.keys.active_sealer());
         let wal = self.poison_on_err(wal)?;
@@ -785,20 +851,22 @@ impl Inner {
                 }
             }
             let r = self.flush_one();
+            if let Err(e) = r {
+                self.record_background_error(e);
+            }
             let mut bg = self.bg.lock();
             bg.flush_busy = false;
-            if r.is_err() {
-                self.poisoned.store(true, Ordering::Release);
-            }
             self.bg_cv.notify_all();
         }
     }
 
     /// Writes the oldest frozen memtable to an L0 table. Returns false if there was none.
     fn flush_one(&self) -> Result<bool> {
+        let _serial = self.flush_mutex.lock();
         let Some(mem) = self.super_version().imms.first().cloned() else {
             return Ok(false);
         };
+        let mem_wal_no = mem.wal_no;
         let no = self.alloc_file_no();
         let build = || -> Result<TableMeta> {
             let mut b = TableBuilder::create(
@@ -811,6 +879,9 @@ impl Inner {
             b.finish(self.opts.bloom_bits_per_key)
         };
         let meta = self.poison_on_err(build())?;
+        // The new table's name is durable before the manifest names it.
+        let synced = self.storage.sync_dir().map_err(|e| Error::io(".", e));
+        self.poison_on_err(synced)?;
         let table = Table::open(self.storage.as_ref(), &self.keys, no, self.cache.clone());
         let table = Arc::new(self.poison_on_err(table)?);
         let mut edit = self.edit.lock();
@@ -846,7 +917,9 @@ impl Inner {
             });
         }
         drop(edit);
-        let name = wal::file_name(mem.wal_no);
+        drop(mem);
+        crate::sys::release_free_memory();
+        let name = wal::file_name(mem_wal_no);
         // A log that outlives its flush is only wasted space: it is removed on the next open.
         let _ = self.storage.remove(&name);
         Ok(true)
@@ -869,17 +942,18 @@ impl Inner {
                 }
             }
             let r = self.compact_one();
+            if let Err(e) = r {
+                self.record_background_error(e);
+            }
             let mut bg = self.bg.lock();
             bg.compaction_busy = false;
-            if r.is_err() {
-                self.poisoned.store(true, Ordering::Release);
-            }
             self.bg_cv.notify_all();
         }
     }
 
     /// Runs one compaction if the policy picks one. Returns false if there was none.
     fn compact_one(&self) -> Result<bool> {
+        let _serial = self.compact_mutex.lock();
         let sv = self.super_version();
         let Some(task) = compaction::pick(&sv.version.metas(), &self.policy()) else {
             return Ok(false);
@@ -929,6 +1003,8 @@ impl Inner {
                 return Ok(false);
             }
             let metas = self.poison_on_err(metas)?;
+            let synced = self.storage.sync_dir().map_err(|e| Error::io(".", e));
+            self.poison_on_err(synced)?;
             let mut tables = Vec::new();
             for m in metas {
                 let t = Table::open(
@@ -944,6 +1020,7 @@ impl Inner {
         self.install_compaction(&task, &outputs)?;
         if !task.trivial_move {
             for t in inputs.iter().chain(&next_inputs) {
+                t.evict_from_cache();
                 let _ = self.storage.remove(t.name());
             }
         }
@@ -1029,6 +1106,11 @@ impl Inner {
             pinned_index_filter_bytes: pinned,
             last_commit_ts: self.oracle.visible(),
             write_stalls: self.stall_count.load(Ordering::Relaxed),
+            discarded_wal_tails: self
+                .discarded_tails
+                .iter()
+                .map(|(f, off, n)| format!("{f}: {n} bytes from offset {off}"))
+                .collect(),
             compactions: self.compactions.load(Ordering::Relaxed),
         }
     }
@@ -1042,7 +1124,7 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
     let storage: Arc<dyn Storage> = match &opts.storage {
         Some(s) => s.clone(),
         None => {
-            if !dir.join(MANIFEST).exists() {
+            if !dir.is_dir() {
                 return Err(Error::NotFound(dir.to_path_buf()));
             }
             Arc::new(
@@ -1050,11 +1132,17 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
             )
         }
     };
-    let no_create = Options {
-        create_if_missing: false,
-        ..opts.clone()
+    let keys = match probe(storage.as_ref(), opts)? {
+        Found::Store(keys) => keys,
+        Found::Unfinished(_) => {
+            return Err(Error::format(
+                MANIFEST,
+                0,
+                "missing: the store's creation was interrupted (opening it completes it)",
+            ))
+        }
+        Found::Nothing => return Err(Error::NotFound(storage.location())),
     };
-    let (keys, _) = open_keys(storage.as_ref(), &no_create)?;
     let _lock = if opts.storage.is_none() {
         Some(lock_dir(dir)?)
     } else {
@@ -1069,14 +1157,7 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
     report.files.push(MANIFEST.to_string());
     for m in manifest.levels.iter().flatten() {
         let t = Table::open(storage.as_ref(), &keys, m.file_no, cache.clone())?;
-        if t.meta.smallest != m.smallest || t.meta.largest != m.largest || t.meta.key_id != m.key_id
-        {
-            return Err(Error::integrity(
-                t.name(),
-                0,
-                "table does not match its manifest entry",
-            ));
-        }
+        t.check_manifest_entry(m)?;
         report.entries += t.verify()?;
         report.tables += 1;
         report.bytes += t.meta.size;

@@ -12,13 +12,15 @@ use crate::table::{Block, Table};
 use crate::Result;
 
 /// Key range and direction of an iteration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Bounds {
     /// Inclusive lower bound on user keys.
     pub(crate) lower: Option<Vec<u8>>,
     /// Exclusive upper bound on user keys.
     pub(crate) upper: Option<Vec<u8>>,
     pub(crate) reverse: bool,
+    /// Insert blocks read from disk into the block cache.
+    pub(crate) fill_cache: bool,
 }
 
 impl Bounds {
@@ -172,7 +174,7 @@ impl RunSource {
     }
 
     fn load(&mut self) -> Result<Arc<Block>> {
-        let b = self.tables[self.ti].block(self.bi)?;
+        let b = self.tables[self.ti].block_with(self.bi, self.bounds.fill_cache)?;
         self.block = Some(b.clone());
         Ok(b)
     }

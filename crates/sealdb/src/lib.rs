@@ -33,7 +33,7 @@
 //! assert_eq!(names, vec![b"ada".to_vec(), b"grace".to_vec()]);
 //! db.close().unwrap();
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod codec;
@@ -48,6 +48,7 @@ mod iter;
 mod keys;
 mod memtable;
 mod mvcc;
+mod sys;
 mod table;
 mod txn;
 mod version;
@@ -92,6 +93,9 @@ pub struct StoreInfo {
     pub write_stalls: u64,
     /// Compactions run since open.
     pub compactions: u64,
+    /// Incomplete or unauthentic WAL tails discarded when the store was opened (a crash
+    /// during a write that was not yet synced leaves one).
+    pub discarded_wal_tails: Vec<String>,
 }
 
 /// One level of the tree.

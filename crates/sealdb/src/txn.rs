@@ -277,7 +277,7 @@ impl<'db> WriteBatch<'db> {
 }
 
 /// Options of an iteration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IterOptions {
     /// Only keys starting with this prefix.
     pub prefix: Option<Vec<u8>>,
@@ -285,6 +285,20 @@ pub struct IterOptions {
     pub start: Option<Vec<u8>>,
     /// Iterate from the largest key down.
     pub reverse: bool,
+    /// Keep blocks read from disk in the block cache (default true). Set false for bulk
+    /// scans, so that they do not evict the blocks point reads need.
+    pub fill_cache: bool,
+}
+
+impl Default for IterOptions {
+    fn default() -> Self {
+        IterOptions {
+            prefix: None,
+            start: None,
+            reverse: false,
+            fill_cache: true,
+        }
+    }
 }
 
 impl IterOptions {
@@ -321,6 +335,7 @@ impl IterOptions {
             lower,
             upper,
             reverse: self.reverse,
+            fill_cache: self.fill_cache,
         }
     }
 }

@@ -146,6 +146,19 @@ pub(crate) fn write_manifest(
     write_atomic(storage, MANIFEST, MANIFEST_TMP, &out)
 }
 
+/// Writes the manifest of a new, empty store.
+pub(crate) fn write_new_manifest(storage: &dyn Storage, keys: &KeyRing) -> Result<ManifestState> {
+    let m = ManifestState {
+        generation: 1,
+        next_file_no: 1,
+        log_no: 0,
+        last_ts: 0,
+        levels: vec![Vec::new(); NUM_LEVELS],
+    };
+    write_manifest(storage, keys, &m)?;
+    Ok(m)
+}
+
 /// Reads and authenticates the manifest.
 pub(crate) fn read_manifest(storage: &dyn Storage, keys: &KeyRing) -> Result<ManifestState> {
     let mut buf = storage

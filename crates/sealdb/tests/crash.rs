@@ -180,3 +180,66 @@ fn injected_faults_poison_the_store_and_lose_nothing_synced() {
         }
     }
 }
+
+#[test]
+fn a_torn_tail_is_discarded_and_reported() {
+    let mem = MemStorage::new();
+    let db = Db::open("", mem_options(&mem, false)).unwrap();
+    db.put(b"synced", b"1").unwrap();
+    db.sync().unwrap();
+    db.put(b"unsynced", &[7u8; 300]).unwrap();
+    let image = mem.crash_image(|_, n| n / 2);
+    drop(db);
+    let db = Db::open("", mem_options(&image, false)).unwrap();
+    assert_eq!(db.get(b"synced").unwrap().unwrap(), b"1");
+    assert_eq!(db.get(b"unsynced").unwrap(), None);
+    let info = db.info().unwrap();
+    assert_eq!(
+        info.discarded_wal_tails.len(),
+        1,
+        "{:?}",
+        info.discarded_wal_tails
+    );
+}
+
+#[test]
+fn a_missing_manifest_never_turns_into_an_empty_store() {
+    let mem = MemStorage::new();
+    let db = Db::open("", mem_options(&mem, true)).unwrap();
+    for i in 0..300u32 {
+        db.put(format!("k{i}").as_bytes(), &[1u8; 64]).unwrap();
+    }
+    db.close().unwrap();
+    let image = mem.crash_image(|_, _| 0);
+    image.remove("MANIFEST").unwrap();
+    let before = image.list().unwrap();
+    let err = Db::open("", mem_options(&image, true)).unwrap_err();
+    assert!(err.is_integrity(), "{err}");
+    assert_eq!(
+        image.list().unwrap(),
+        before,
+        "no file may be created or removed"
+    );
+}
+
+#[test]
+fn an_interrupted_creation_is_completed_by_the_next_open() {
+    let mem = MemStorage::new();
+    Db::open("", mem_options(&mem, true))
+        .unwrap()
+        .close()
+        .unwrap();
+    // As if the process died after writing the key registry, before the manifest.
+    let image = mem.crash_image(|_, _| 0);
+    for name in image.list().unwrap() {
+        if name != "KEYREGISTRY" {
+            image.remove(&name).unwrap();
+        }
+    }
+    let opts = mem_options(&image, true);
+    assert!(sealdb::verify_store("", &opts).is_err());
+    let db = Db::open("", opts.clone()).unwrap();
+    db.put(b"k", b"v").unwrap();
+    db.close().unwrap();
+    sealdb::verify_store("", &opts).unwrap();
+}

@@ -365,6 +365,13 @@ impl Table {
                 .map_err(|e| Error::io(&name, e))?;
             open_unit(&sealer, &name, file_no, off, position, buf)
         };
+        if footer.filter_off.checked_add(u64::from(footer.filter_len)) != Some(footer_at) {
+            return Err(Error::integrity(
+                &name,
+                footer_at,
+                "the filter does not end at the footer",
+            ));
+        }
         let index_plain = read_unit(footer.index_off, footer.index_len, INDEX_POSITION)?;
         let filter_plain = read_unit(footer.filter_off, footer.filter_len, FILTER_POSITION)?;
         let (index, entries, smallest, largest, max_ts) = decode_index(&index_plain, &footer)
@@ -410,12 +417,20 @@ impl Table {
 
     /// Reads, authenticates and decodes block `i`, through the cache.
     pub(crate) fn block(&self, i: usize) -> Result<Arc<Block>> {
+        self.block_with(i, true)
+    }
+
+    /// Block `i` from the cache if it is there; otherwise read, and cache it only if
+    /// `fill_cache` (bulk scans and compaction pass false so they do not evict hot blocks).
+    pub(crate) fn block_with(&self, i: usize, fill_cache: bool) -> Result<Arc<Block>> {
         let cache_key = (self.meta.file_no, i as u32);
         if let Some(b) = self.cache.get(&cache_key) {
             return Ok(b);
         }
         let b = Arc::new(self.read_block(i)?);
-        self.cache.insert(cache_key, b.clone());
+        if fill_cache {
+            self.cache.insert(cache_key, b.clone());
+        }
         Ok(b)
     }
 
@@ -472,6 +487,31 @@ impl Table {
         let head = key_head(key);
         self.index
             .partition_point(|e| e.cmp_key(head, key) == Ordering::Less)
+    }
+
+    /// Checks the file against what the manifest says about it.
+    pub(crate) fn check_manifest_entry(&self, m: &TableMeta) -> Result<()> {
+        let same = self.meta.smallest == m.smallest
+            && self.meta.largest == m.largest
+            && self.meta.key_id == m.key_id
+            && self.meta.size == m.size
+            && self.meta.entries == m.entries;
+        if same {
+            Ok(())
+        } else {
+            Err(Error::integrity(
+                &self.name,
+                0,
+                "table does not match its manifest entry",
+            ))
+        }
+    }
+
+    /// Drops this table's blocks from the shared cache (the table is being deleted).
+    pub(crate) fn evict_from_cache(&self) {
+        for i in 0..self.index.len() {
+            self.cache.remove(&(self.meta.file_no, i as u32));
+        }
     }
 
     /// Reads every block (bypassing the cache) and checks order; returns the entry count.
