@@ -121,6 +121,24 @@ pub(crate) struct SuperVersion {
 
 struct CommitState {
     wal: WalWriter,
+    /// Logs of frozen memtables not yet fsynced. A sync request fsyncs them first, so an
+    /// acknowledged sync implies every earlier commit is durable.
+    frozen_unsynced: Vec<WalWriter>,
+}
+
+impl CommitState {
+    /// Makes every commit so far durable.
+    fn sync_all(&mut self) -> Result<()> {
+        self.sync_frozen()?;
+        self.wal.sync()
+    }
+
+    fn sync_frozen(&mut self) -> Result<()> {
+        while let Some(mut w) = self.frozen_unsynced.pop() {
+            w.sync()?;
+        }
+        Ok(())
+    }
 }
 
 struct EditState {
@@ -358,6 +376,17 @@ impl Db {
         let mut imms = Vec::new();
         let mut discarded_tails = Vec::new();
         for &no in &wals {
+            if !discarded_tails.is_empty() {
+                // Point-in-time recovery: after a torn log, later logs hold only commits
+                // that were never synced (a sync fsyncs every earlier log first); keeping
+                // them would recover commits without some that came before them.
+                let name = wal::file_name(no);
+                let len = storage.open(&name).and_then(|f| f.len()).unwrap_or(0);
+                if len > 0 {
+                    discarded_tails.push((name, 0, len));
+                }
+                continue;
+            }
             let mem = Memtable::new(no);
             let tail = wal::replay(storage.as_ref(), &keys, no, |r| {
                 max_ts = max_ts.max(r.ts);
@@ -404,7 +433,10 @@ impl Db {
             keys,
             cache,
             sv: RwLock::new(Arc::new(sv)),
-            commit: Mutex::new(CommitState { wal }),
+            commit: Mutex::new(CommitState {
+                wal,
+                frozen_unsynced: Vec::new(),
+            }),
             edit: Mutex::new(EditState { manifest }),
             oracle: Oracle::new(max_ts),
             bg: Mutex::new(BgState::default()),
@@ -583,7 +615,7 @@ impl Db {
     pub fn sync(&self) -> Result<()> {
         let mut c = self.inner.commit.lock();
         self.inner.check()?;
-        let r = c.wal.sync();
+        let r = c.sync_all();
         self.inner.poison_on_err(r)
     }
 
@@ -686,6 +718,13 @@ impl Inner {
             r.ts = ts;
         }
         let sync = sync || self.opts.sync_writes;
+        if sync && !c.frozen_unsynced.is_empty() {
+            let r = c.sync_frozen();
+            if let Err(e) = self.poison_on_err(r) {
+                self.oracle.abandon_commit(ts);
+                return Err(e);
+            }
+        }
         if let Err(e) = c.wal.append(&records, sync) {
             self.oracle.abandon_commit(ts);
             // Only a failed write or fsync leaves the log in doubt; a refusal before any
@@ -736,16 +775,16 @@ impl Inner {
     }
 
     fn rotate_memtable(&self, c: &mut CommitState) -> Result<()> {
-        // The frozen memtable's log is made durable before any later commit goes to the new
-        // log, so a crash always recovers a prefix of the commits.
-        let synced = c.wal.sync();
-        self.poison_on_err(synced)?;
         let no = self.alloc_file_no();
         let wal = WalWriter::create(self.storage.as_ref(), no, self.keys.active_sealer());
         let wal = self.poison_on_err(wal)?;
-        c.wal = wal;
+        let frozen = std::mem::replace(&mut c.wal, wal);
         {
             let mut sv = self.sv.write();
+            // Logs whose memtable is already in a table need no fsync any more.
+            c.frozen_unsynced
+                .retain(|w| sv.imms.iter().any(|m| m.wal_no == w.file_no()));
+            c.frozen_unsynced.push(frozen);
             let mut imms = sv.imms.clone();
             imms.push(sv.mem.clone());
             *sv = Arc::new(SuperVersion {

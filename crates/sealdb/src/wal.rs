@@ -57,6 +57,10 @@ impl WalWriter {
         })
     }
 
+    pub(crate) fn file_no(&self) -> u64 {
+        self.file_no
+    }
+
     /// Appends one commit. The bytes reach the OS before this returns; with `sync` they are
     /// durable. An error here must poison the store.
     pub(crate) fn append(&mut self, records: &[Record], sync: bool) -> Result<()> {
