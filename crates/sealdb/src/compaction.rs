@@ -35,6 +35,8 @@ pub(crate) struct Task {
     pub(crate) inputs: Vec<u64>,
     /// Overlapping tables of `level + 1`.
     pub(crate) next_inputs: Vec<u64>,
+    /// Level the outputs go to: `level + 1`, or `level` itself for a rekey rewrite.
+    pub(crate) output_level: usize,
     /// No level below `level + 1` overlaps the inputs: tombstones may be dropped.
     pub(crate) bottom: bool,
     /// One input, nothing overlapping below: the table can be moved without rewriting.
@@ -77,6 +79,38 @@ pub(crate) fn pick(levels: &[Vec<TableMeta>], p: &Policy) -> Option<Task> {
     Some(make_task(levels, level, vec![input]))
 }
 
+/// Chooses a table sealed under a key created before `cutoff` (Unix seconds) to rewrite under
+/// the active key. L1+ tables are rewritten in place (same level, same key range); an old L0
+/// table is handled by the normal L0 compaction, since a rewritten L0 table would look newer
+/// than it is. `created` maps key ids to creation times; unknown ids count as old.
+pub(crate) fn pick_rekey(
+    levels: &[Vec<TableMeta>],
+    created: &std::collections::BTreeMap<u32, u64>,
+    cutoff: u64,
+) -> Option<Task> {
+    let old = |t: &TableMeta| created.get(&t.key_id).is_none_or(|c| *c < cutoff);
+    if levels[0].iter().any(old) {
+        return Some(make_task(levels, 0, levels[0].iter().collect()));
+    }
+    for (level, tables) in levels.iter().enumerate().skip(1) {
+        if let Some(t) = tables.iter().find(|t| old(t)) {
+            let bottom = levels[level + 1..]
+                .iter()
+                .flatten()
+                .all(|n| !overlaps(n, &t.smallest, &t.largest));
+            return Some(Task {
+                level,
+                inputs: vec![t.file_no],
+                next_inputs: Vec::new(),
+                output_level: level,
+                bottom,
+                trivial_move: false,
+            });
+        }
+    }
+    None
+}
+
 fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
     let lo = inputs
         .iter()
@@ -99,6 +133,7 @@ fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -
         .all(|t| !overlaps(t, lo, hi));
     Task {
         level,
+        output_level: level + 1,
         trivial_move: inputs.len() == 1 && next_inputs.is_empty() && level > 0,
         inputs: inputs.iter().map(|t| t.file_no).collect(),
         next_inputs,
@@ -243,10 +278,35 @@ mod tests {
         levels[2] = vec![meta(3, "a", "b", 500)];
         levels[3] = vec![meta(4, "a", "a", 5)];
         let t = pick(&levels, &P).unwrap();
+        assert_eq!(t.output_level, 2);
         assert_eq!((t.level, t.inputs.clone()), (1, vec![2]));
         assert!(t.trivial_move && t.bottom);
         levels[1].pop();
         assert_eq!(pick(&levels, &P), None);
+    }
+
+    #[test]
+    fn rekey_rewrites_old_tables_in_place_and_old_l0_through_compaction() {
+        let mut levels = vec![Vec::new(); NUM_LEVELS];
+        let mut old = meta(7, "m", "p", 50);
+        old.key_id = 1;
+        let mut fresh = meta(8, "a", "c", 50);
+        fresh.key_id = 2;
+        levels[2] = vec![fresh.clone(), old];
+        let created = std::collections::BTreeMap::from([(1, 100), (2, 500)]);
+        let t = pick_rekey(&levels, &created, 200).unwrap();
+        assert_eq!((t.level, t.output_level, t.inputs.clone()), (2, 2, vec![7]));
+        assert!(t.bottom && !t.trivial_move);
+        assert_eq!(pick_rekey(&levels, &created, 50), None);
+        let mut l0 = meta(9, "x", "z", 5);
+        l0.key_id = 1;
+        levels[0] = vec![l0];
+        let t = pick_rekey(&levels, &created, 200).unwrap();
+        assert_eq!((t.level, t.output_level), (0, 1));
+        // A key the registry no longer knows counts as old.
+        levels[0].clear();
+        levels[2][0].key_id = 99;
+        assert_eq!(pick_rekey(&levels, &created, 50).unwrap().inputs, vec![8]);
     }
 
     #[test]

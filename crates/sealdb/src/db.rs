@@ -18,16 +18,19 @@ use crate::compaction::{self, Policy, Task};
 use crate::entry::{Kind, Record};
 use crate::fs::{StdStorage, Storage};
 use crate::iter::{MemSource, Merge, RunSource, Source, VecSource};
-use crate::keys::{now_secs, KeyProvider, KeyRing, StoreId, REGISTRY_FILE};
+use crate::keys::{now_secs, KeyPolicy, KeyProvider, KeyRing, StoreId, REGISTRY_FILE};
 use crate::memtable::Memtable;
 use crate::mvcc::{fingerprint, Oracle};
 use crate::table::{self, BlockCache, Table, TableBuilder, TableMeta};
-use crate::version::{self, ManifestState, Version, MANIFEST};
+use crate::version::{self, ManifestState, Version, MANIFEST, NUM_LEVELS};
 use crate::wal::{self, WalWriter};
 use crate::{Error, Result};
 
 /// Largest key accepted (bytes).
 pub const MAX_KEY_SIZE: usize = 65_535;
+/// Units sealed under one data key before it must rotate: 2^32 − 2^28, leaving room for the
+/// units a table build in progress seals after the limit is seen.
+pub const MAX_UNITS_PER_KEY: u64 = (1 << 32) - (1 << 28);
 /// Largest value accepted (bytes).
 pub const MAX_VALUE_SIZE: usize = 256 << 20;
 
@@ -67,6 +70,17 @@ pub struct Options {
     pub background_threads: bool,
     /// The key provider; `None` opens an unencrypted store.
     pub key_provider: Option<Arc<dyn KeyProvider>>,
+    /// Rotate the active data key once it is this old (default: none; whole seconds).
+    pub key_rotation_interval: Option<std::time::Duration>,
+    /// Rotate the active data key before it has sealed this many units (default and
+    /// maximum 2^32 − 2^28, within NIST's 2^32 limit for random 96-bit nonces).
+    pub max_units_per_key: u64,
+    /// Rewrite tables (in the background, after regular compactions) whose data key is older
+    /// than this, so the oldest key protecting live data is bounded (default: none).
+    pub max_key_age: Option<std::time::Duration>,
+    /// How long a data key no live file uses is kept before its wrapped material is
+    /// destroyed (default 1 day).
+    pub retired_key_retention: std::time::Duration,
     /// The storage backend; `None` uses real files in the directory given to [`Db::open`].
     pub storage: Option<Arc<dyn Storage>>,
 }
@@ -88,6 +102,10 @@ impl Default for Options {
             target_file_size: 64 << 20,
             background_threads: true,
             key_provider: None,
+            key_rotation_interval: None,
+            max_units_per_key: MAX_UNITS_PER_KEY,
+            max_key_age: None,
+            retired_key_retention: std::time::Duration::from_secs(86_400),
             storage: None,
         }
     }
@@ -143,6 +161,8 @@ impl CommitState {
 
 struct EditState {
     manifest: ManifestState,
+    /// Key id the manifest file is sealed under.
+    manifest_key_id: u32,
 }
 
 #[derive(Default)]
@@ -309,15 +329,14 @@ impl Db {
         };
         // Key check first: a missing or wrong key changes no file (not even LOCK). Nothing is
         // written before the lock is held.
-        let mut found = probe(storage.as_ref(), &opts)?;
+        probe(storage.as_ref(), &opts)?;
         let lock = match (&opts.storage, lock) {
             (None, _) => Some(lock_dir(dir)?),
             (Some(_), l) => l,
         };
-        if matches!(found, Found::Nothing) {
-            // Another process may have created the store before we took the lock.
-            found = probe(storage.as_ref(), &opts)?;
-        }
+        // Look again under the lock: another process may have created or changed the store
+        // between the first look and the lock.
+        let found = probe(storage.as_ref(), &opts)?;
         let cache = Arc::new(table::new_cache(opts.block_cache_size));
         let (keys, mut manifest) = match found {
             Found::Store(keys) => {
@@ -345,6 +364,10 @@ impl Db {
             }
         };
 
+        let manifest_key_id = match manifest.sealed_key_id {
+            Some(id) => id,
+            None => keys.active_sealer().key_id(),
+        };
         let mut version = Version::empty();
         let mut live_tables = BTreeSet::new();
         let mut max_ts = manifest.last_ts;
@@ -375,28 +398,49 @@ impl Db {
         wals.sort_unstable();
         let mut imms = Vec::new();
         let mut discarded_tails = Vec::new();
+        let mut prev: Option<(u64, wal::Replay)> = None;
+        let mut discard_rest = false;
         for &no in &wals {
-            if !discarded_tails.is_empty() {
-                // Point-in-time recovery: after a torn log, later logs hold only commits
-                // that were never synced (a sync fsyncs every earlier log first); keeping
-                // them would recover commits without some that came before them.
-                let name = wal::file_name(no);
+            let name = wal::file_name(no);
+            if discard_rest {
                 let len = storage.open(&name).and_then(|f| f.len()).unwrap_or(0);
-                if len > 0 {
-                    discarded_tails.push((name, 0, len));
-                }
+                discarded_tails.push((name, 0, len));
                 continue;
             }
             let mem = Memtable::new(no);
-            let tail = wal::replay(storage.as_ref(), &keys, no, |r| {
-                max_ts = max_ts.max(r.ts);
-                mem.insert(r.to_owned());
-            })?;
-            if let wal::Tail::Torn(offset) = tail {
-                let name = wal::file_name(no);
-                let len = storage.open(&name).and_then(|f| f.len()).unwrap_or(offset);
-                discarded_tails.push((name, offset, len.saturating_sub(offset)));
+            let replayed = wal::replay(
+                storage.as_ref(),
+                &keys,
+                no,
+                |r| {
+                    max_ts = max_ts.max(r.ts);
+                    mem.insert(r.to_owned());
+                },
+                &mut |k| mem.note_wal_key(k),
+            )?;
+            if let (Some((link_no, link_len)), Some((prev_no, p))) = (replayed.link, &prev) {
+                if link_no == *prev_no && link_len > p.clean_len {
+                    if p.file_len >= link_len {
+                        // Every byte the previous log had when it was frozen is there, yet
+                        // a chunk fails: that is corruption, not a torn write.
+                        return Err(Error::integrity(
+                            wal::file_name(*prev_no),
+                            p.clean_len,
+                            "chunk fails authentication inside a completed log",
+                        ));
+                    }
+                    // The previous log lost its end in a crash (it was never synced): this
+                    // log and later ones hold only newer, unsynced commits. Dropping them
+                    // keeps the recovered state a prefix of the commit order.
+                    discarded_tails.push((name, 0, replayed.file_len));
+                    discard_rest = true;
+                    continue;
+                }
             }
+            if let wal::Tail::Torn(offset) = replayed.tail {
+                discarded_tails.push((name, offset, replayed.file_len.saturating_sub(offset)));
+            }
+            prev = Some((no, replayed));
             if mem.is_empty() {
                 continue;
             }
@@ -437,7 +481,10 @@ impl Db {
                 wal,
                 frozen_unsynced: Vec::new(),
             }),
-            edit: Mutex::new(EditState { manifest }),
+            edit: Mutex::new(EditState {
+                manifest,
+                manifest_key_id,
+            }),
             oracle: Oracle::new(max_ts),
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
@@ -454,6 +501,10 @@ impl Db {
             opts,
             _lock: lock,
         });
+        // Recovered commits go to tables now: their logs may hold bytes that were never
+        // synced (read back from the page cache after a process crash) or a torn tail, and
+        // later sync requests must not be acknowledged on top of them.
+        while inner.flush_one()? {}
         let mut threads = Vec::new();
         if inner.opts.background_threads {
             let i = inner.clone();
@@ -580,6 +631,7 @@ impl Db {
     pub fn wait_for_background(&self) -> Result<()> {
         let inner = &self.inner;
         if !inner.opts.background_threads {
+            inner.check()?;
             while inner.flush_one()? {}
             while inner.compact_one()? {}
             return Ok(());
@@ -619,11 +671,84 @@ impl Db {
         self.inner.poison_on_err(r)
     }
 
-    /// Creates a new data key and makes it the one new files are written under.
+    /// Creates a new data key and makes it the one new units are sealed under (the next WAL
+    /// chunk, new tables, the next manifest). Returns its id.
     pub fn rotate_data_key(&self) -> Result<u32> {
         self.inner.check()?;
-        let _e = self.inner.edit.lock();
-        self.inner.keys.rotate(self.inner.storage.as_ref())
+        let id = self.inner.keys.rotate(self.inner.storage.as_ref())?;
+        let mut c = self.inner.commit.lock();
+        self.inner.refresh_wal_key(&mut c);
+        Ok(id)
+    }
+
+    /// Re-wraps every data key under a new master key (given as its provider) and switches to
+    /// it, while reads and writes go on. No data file is rewritten; afterwards only the new
+    /// master key opens the store.
+    pub fn rotate_master_key(&self, new: Arc<dyn KeyProvider>) -> Result<()> {
+        self.inner.check()?;
+        self.inner
+            .keys
+            .rotate_master(self.inner.storage.as_ref(), new)
+    }
+
+    /// Rewrites, now, every live file whose data key is older than `max_age`: the memtable is
+    /// flushed (so no WAL under an old key remains), tables are rewritten under the active key
+    /// (rotated first if it is itself too old), and the manifest is resealed. Keys no live
+    /// file uses afterwards are retired (and destroyed once `retired_key_retention` passed).
+    pub fn rekey(&self, max_age: std::time::Duration) -> Result<crate::RekeyReport> {
+        let inner = &self.inner;
+        inner.check()?;
+        if !inner.keys.is_encrypted() {
+            return Err(Error::InvalidArgument("the store is not encrypted"));
+        }
+        let cutoff = now_secs().saturating_sub(max_age.as_secs());
+        let active = inner.keys.active_sealer().key_id();
+        if inner
+            .keys
+            .creation_times()
+            .get(&active)
+            .is_none_or(|c| *c < cutoff)
+        {
+            self.rotate_data_key()?;
+        }
+        self.flush()?;
+        let mut report = crate::RekeyReport::default();
+        loop {
+            let _serial = inner.compact_mutex.lock();
+            let metas = inner.super_version().version.metas();
+            let Some(task) = inner.rekey_task(&metas, cutoff) else {
+                break;
+            };
+            let bytes: u64 = metas
+                .iter()
+                .flatten()
+                .filter(|m| {
+                    task.inputs.contains(&m.file_no) || task.next_inputs.contains(&m.file_no)
+                })
+                .map(|m| m.size)
+                .sum();
+            if !inner.run_task(task)? {
+                return Err(Error::Closed);
+            }
+            report.tasks += 1;
+            report.bytes_rewritten += bytes;
+        }
+        {
+            let mut edit = inner.edit.lock();
+            let mut next = edit.manifest.clone();
+            next.generation += 1;
+            next.next_file_no = inner.next_file_no.load(Ordering::SeqCst);
+            inner.write_manifest_locked(&mut edit, next)?;
+        }
+        inner.after_tree_change()?;
+        report.keys_in_use = inner.keys_in_use().into_iter().collect();
+        Ok(report)
+    }
+
+    /// Per data key: state, age, units sealed, live files and bytes.
+    pub fn encryption_status(&self) -> Result<crate::EncryptionStatus> {
+        self.inner.check()?;
+        Ok(self.inner.encryption_status())
     }
 
     /// Levels, tables, sizes and keys.
@@ -717,6 +842,7 @@ impl Inner {
         for r in &mut records {
             r.ts = ts;
         }
+        self.refresh_wal_key(&mut c);
         let sync = sync || self.opts.sync_writes;
         if sync && !c.frozen_unsynced.is_empty() {
             let r = c.sync_frozen();
@@ -740,10 +866,20 @@ impl Inner {
             Vec::new()
         };
         let mem = self.sv.read().mem.clone();
+        mem.note_wal_key(c.wal.key_id());
         for r in records {
             mem.insert(r);
         }
         self.oracle.finish_commit(ts, fps);
+        if self.keys.is_encrypted() {
+            // Rotation by age or unit count; the next commit's chunk uses the new key.
+            if let Err(e) = self
+                .keys
+                .maintain(self.storage.as_ref(), &self.key_policy())
+            {
+                self.record_background_error(e);
+            }
+        }
         if mem.size() >= self.opts.memtable_size {
             // The commit is durable as asked and visible: a failed rotation poisons the
             // store for later calls but does not turn this commit into a failure.
@@ -774,10 +910,25 @@ impl Inner {
         Ok(())
     }
 
+    /// Seals the next WAL chunks under the active data key (after a rotation).
+    fn refresh_wal_key(&self, c: &mut CommitState) {
+        if !self.keys.is_encrypted() {
+            return;
+        }
+        let sealer = self.keys.active_sealer();
+        if sealer.key_id() != c.wal.key_id() {
+            c.wal.set_sealer(sealer);
+        }
+    }
+
     fn rotate_memtable(&self, c: &mut CommitState) -> Result<()> {
         let no = self.alloc_file_no();
         let wal = WalWriter::create(self.storage.as_ref(), no, self.keys.active_sealer());
-        let wal = self.poison_on_err(wal)?;
+        let mut wal = self.poison_on_err(wal)?;
+        let linked = wal.append_link(c.wal.file_no(), c.wal.len());
+        self.poison_on_err(linked)?;
+        let new_mem = Arc::new(Memtable::new(no));
+        new_mem.note_wal_key(wal.key_id());
         let frozen = std::mem::replace(&mut c.wal, wal);
         {
             let mut sv = self.sv.write();
@@ -788,7 +939,7 @@ impl Inner {
             let mut imms = sv.imms.clone();
             imms.push(sv.mem.clone());
             *sv = Arc::new(SuperVersion {
-                mem: Arc::new(Memtable::new(no)),
+                mem: new_mem.clone(),
                 imms,
                 version: sv.version.clone(),
             });
@@ -932,12 +1083,7 @@ impl Inner {
         let sv = self.super_version();
         // The next memtable still in memory decides which logs are needed.
         next.log_no = sv.imms.get(1).map_or(sv.mem.wal_no, |m| m.wal_no);
-        self.poison_on_err(version::write_manifest(
-            self.storage.as_ref(),
-            &self.keys,
-            &next,
-        ))?;
-        edit.manifest = next;
+        self.write_manifest_locked(&mut edit, next)?;
         {
             let mut cur = self.sv.write();
             let mut version = (*cur.version).clone();
@@ -961,6 +1107,7 @@ impl Inner {
         let name = wal::file_name(mem_wal_no);
         // A log that outlives its flush is only wasted space: it is removed on the next open.
         let _ = self.storage.remove(&name);
+        self.after_tree_change()?;
         Ok(true)
     }
 
@@ -972,12 +1119,13 @@ impl Inner {
                     if self.is_poisoned() || bg.closing {
                         return;
                     }
-                    let sv = self.super_version();
-                    if compaction::pick(&sv.version.metas(), &self.policy()).is_some() {
+                    if self.next_task().is_some() {
                         bg.compaction_busy = true;
                         break;
                     }
-                    self.bg_cv.wait(&mut bg);
+                    // Rekey work depends on the clock: look again now and then.
+                    self.bg_cv
+                        .wait_for(&mut bg, std::time::Duration::from_secs(1));
                 }
             }
             let r = self.compact_one();
@@ -990,13 +1138,35 @@ impl Inner {
         }
     }
 
+    /// The next compaction: the tree's shape first, then (at low priority) a rekey rewrite
+    /// of a table whose key is older than `max_key_age`.
+    fn next_task(&self) -> Option<Task> {
+        let metas = self.super_version().version.metas();
+        compaction::pick(&metas, &self.policy()).or_else(|| {
+            let age = self.opts.max_key_age?.as_secs();
+            self.rekey_task(&metas, now_secs().saturating_sub(age))
+        })
+    }
+
+    fn rekey_task(&self, metas: &[Vec<TableMeta>], cutoff: u64) -> Option<Task> {
+        if !self.keys.is_encrypted() {
+            return None;
+        }
+        compaction::pick_rekey(metas, &self.keys.creation_times(), cutoff)
+    }
+
     /// Runs one compaction if the policy picks one. Returns false if there was none.
     fn compact_one(&self) -> Result<bool> {
         let _serial = self.compact_mutex.lock();
-        let sv = self.super_version();
-        let Some(task) = compaction::pick(&sv.version.metas(), &self.policy()) else {
+        let Some(task) = self.next_task() else {
             return Ok(false);
         };
+        self.run_task(task)
+    }
+
+    /// Runs `task` (the caller holds `compact_mutex`). Returns false if it was cancelled.
+    fn run_task(&self, task: Task) -> Result<bool> {
+        let sv = self.super_version();
         let find = |level: usize, nos: &[u64]| -> Vec<Arc<Table>> {
             sv.version.levels[level]
                 .iter()
@@ -1064,7 +1234,40 @@ impl Inner {
             }
         }
         self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.after_tree_change()?;
         Ok(true)
+    }
+
+    /// Key upkeep after the set of live files changed: extend or rotate the active key, retire
+    /// keys nothing uses any more, destroy retired keys past their retention.
+    fn after_tree_change(&self) -> Result<()> {
+        if !self.keys.is_encrypted() {
+            return Ok(());
+        }
+        self.keys
+            .maintain(self.storage.as_ref(), &self.key_policy())?;
+        let in_use = self.keys_in_use();
+        let retention = self.opts.retired_key_retention.as_secs();
+        self.keys
+            .retire_unused(self.storage.as_ref(), &in_use, retention)
+    }
+
+    fn key_policy(&self) -> KeyPolicy {
+        KeyPolicy {
+            rotation_interval: self.opts.key_rotation_interval.map(|d| d.as_secs().max(1)),
+            max_units: self.opts.max_units_per_key.min(MAX_UNITS_PER_KEY),
+        }
+    }
+
+    /// Key ids of every live file: tables, WALs of memtables in memory, the manifest.
+    fn keys_in_use(&self) -> BTreeSet<u32> {
+        let sv = self.super_version();
+        let mut ids: BTreeSet<u32> = sv.version.all_tables().map(|t| t.meta.key_id).collect();
+        for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+            ids.extend(m.wal_key_ids());
+        }
+        ids.insert(self.edit.lock().manifest_key_id);
+        ids
     }
 
     fn install_compaction(&self, task: &Task, outputs: &[Arc<Table>]) -> Result<()> {
@@ -1078,23 +1281,19 @@ impl Inner {
         let mut next = edit.manifest.clone();
         next.generation += 1;
         next.next_file_no = self.next_file_no.load(Ordering::SeqCst);
-        for level in [task.level, task.level + 1] {
+        let touched = task.level..=(task.level + 1).min(NUM_LEVELS - 1);
+        for level in touched.clone() {
             next.levels[level].retain(|m| !removed.contains(&m.file_no));
         }
-        next.levels[task.level + 1].extend(outputs.iter().map(|t| t.meta.clone()));
-        next.levels[task.level + 1].sort_by(|a, b| a.smallest.cmp(&b.smallest));
-        self.poison_on_err(version::write_manifest(
-            self.storage.as_ref(),
-            &self.keys,
-            &next,
-        ))?;
-        edit.manifest = next;
+        next.levels[task.output_level].extend(outputs.iter().map(|t| t.meta.clone()));
+        next.levels[task.output_level].sort_by(|a, b| a.smallest.cmp(&b.smallest));
+        self.write_manifest_locked(&mut edit, next)?;
         let mut cur = self.sv.write();
         let mut version = (*cur.version).clone();
-        for level in [task.level, task.level + 1] {
+        for level in touched {
             version.levels[level].retain(|t| !removed.contains(&t.meta.file_no));
         }
-        version.levels[task.level + 1].extend(outputs.iter().cloned());
+        version.levels[task.output_level].extend(outputs.iter().cloned());
         version.normalize();
         *cur = Arc::new(SuperVersion {
             mem: cur.mem.clone(),
@@ -1102,6 +1301,55 @@ impl Inner {
             version: Arc::new(version),
         });
         Ok(())
+    }
+
+    /// Writes `next` as the manifest (sealed under the active key) and adopts it.
+    fn write_manifest_locked(&self, edit: &mut EditState, next: ManifestState) -> Result<()> {
+        let sealer_key = self.keys.active_sealer().key_id();
+        let r = version::write_manifest(self.storage.as_ref(), &self.keys, &next);
+        self.poison_on_err(r)?;
+        edit.manifest = next;
+        edit.manifest_key_id = sealer_key;
+        Ok(())
+    }
+
+    fn encryption_status(&self) -> crate::EncryptionStatus {
+        let sv = self.super_version();
+        let manifest_key = self.edit.lock().manifest_key_id;
+        let now = now_secs();
+        let mut keys = Vec::new();
+        for k in self.keys.key_infos() {
+            let tables: Vec<&Arc<Table>> = sv
+                .version
+                .all_tables()
+                .filter(|t| t.meta.key_id == k.id)
+                .collect();
+            let wals = std::iter::once(&sv.mem)
+                .chain(sv.imms.iter())
+                .filter(|m| m.wal_key_ids().contains(&k.id))
+                .count();
+            keys.push(crate::KeyStatus {
+                id: k.id,
+                created: k.created,
+                state: k.state,
+                retired_at: k.retired_at,
+                units_sealed: k.units_sealed,
+                live_files: (tables.len() + wals + usize::from(manifest_key == k.id)) as u64,
+                live_table_bytes: tables.iter().map(|t| t.meta.size).sum(),
+            });
+        }
+        let in_use = self.keys_in_use();
+        let oldest = keys
+            .iter()
+            .filter(|k| in_use.contains(&k.id))
+            .map(|k| now.saturating_sub(k.created))
+            .max();
+        crate::EncryptionStatus {
+            encrypted: self.keys.is_encrypted(),
+            active_key_id: self.keys.active_sealer().key_id(),
+            keys,
+            oldest_key_in_use_age_secs: oldest,
+        }
     }
 
     fn info(&self) -> crate::StoreInfo {

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 use sealdb_crypto::{AeadKey, CryptoError, SecretKey, SEAL_OVERHEAD};
 use zeroize::Zeroize;
 
@@ -53,7 +55,7 @@ const PLAIN_OVERHEAD: usize = 4;
 pub(crate) struct Sealer {
     store_id: StoreId,
     key_id: u32,
-    key: Option<Arc<AeadKey>>,
+    key: Option<Arc<KeyHandle>>,
 }
 
 impl Sealer {
@@ -85,7 +87,10 @@ impl Sealer {
     pub(crate) fn seal(&self, place: Place, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let aad = self.aad(place);
         match &self.key {
-            Some(k) => k.seal(&aad, plain, out)?,
+            Some(k) => {
+                k.units.fetch_add(1, Ordering::Relaxed);
+                k.aead.seal(&aad, plain, out)?
+            }
             None => {
                 out.extend_from_slice(plain);
                 let mut h = crc32fast::Hasher::new();
@@ -101,7 +106,7 @@ impl Sealer {
     pub(crate) fn open<'a>(&self, place: Place, unit: &'a mut [u8]) -> Option<&'a mut [u8]> {
         let aad = self.aad(place);
         match &self.key {
-            Some(k) => k.open_in_place(&aad, unit).ok(),
+            Some(k) => k.aead.open_in_place(&aad, unit).ok(),
             None => {
                 let n = unit.len().checked_sub(PLAIN_OVERHEAD)?;
                 let (plain, crc) = unit.split_at_mut(n);
@@ -132,6 +137,9 @@ pub trait KeyProvider: Send + Sync {
         aad: &[u8],
         wrapped: &[u8],
     ) -> std::result::Result<SecretKey, CryptoError>;
+    /// Wraps an existing data key (used when the master key is rotated: the old provider
+    /// unwraps, the new one wraps).
+    fn rewrap_data_key(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>>;
     /// Authenticates `data` (the registry body): returns a tag.
     fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>>;
     /// Checks a tag made by [`KeyProvider::authenticate`].
@@ -222,6 +230,9 @@ impl KeyProvider for HostKeyProvider {
     ) -> std::result::Result<SecretKey, CryptoError> {
         self.master.unwrap_key(aad, wrapped)
     }
+    fn rewrap_data_key(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>> {
+        Ok(self.master.wrap_key(aad, key)?)
+    }
     fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>> {
         let mut tag = Vec::with_capacity(SEAL_OVERHEAD);
         self.master.seal(data, &[], &mut tag)?;
@@ -237,12 +248,15 @@ impl KeyProvider for HostKeyProvider {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyState {
-    /// New files are written under it.
+    /// New units are sealed under it.
     Active,
     /// No longer active; live files may still use it.
     InUse,
-    /// No live file uses it; its material is kept until the retention ends.
+    /// No live file uses it; its wrapped material is kept until the retention ends.
     Retired,
+    /// Its wrapped material is gone from the registry (crypto-shredded): nothing written
+    /// under it can be decrypted with this store's keys any more.
+    Destroyed,
 }
 
 impl KeyState {
@@ -251,6 +265,7 @@ impl KeyState {
             KeyState::Active => 1,
             KeyState::InUse => 2,
             KeyState::Retired => 3,
+            KeyState::Destroyed => 4,
         }
     }
     fn from_code(c: u8) -> Option<Self> {
@@ -258,6 +273,7 @@ impl KeyState {
             1 => Some(KeyState::Active),
             2 => Some(KeyState::InUse),
             3 => Some(KeyState::Retired),
+            4 => Some(KeyState::Destroyed),
             _ => None,
         }
     }
@@ -267,9 +283,14 @@ impl KeyState {
             KeyState::Active => "active",
             KeyState::InUse => "in-use",
             KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
         }
     }
 }
+
+/// Units sealed under a key are counted in memory and reserved in the registry in chunks
+/// of this size; after a restart a key's count resumes at its reservation (never lower).
+const RESERVE_CHUNK: u64 = 1 << 24;
 
 /// One registry entry as stored.
 #[derive(Debug, Clone)]
@@ -277,6 +298,11 @@ struct RegistryEntry {
     id: u32,
     created: u64,
     state: KeyState,
+    /// When it was retired (Unix seconds), 0 if not retired.
+    retired_at: u64,
+    /// Upper bound of units sealed under it, as far as the registry knows.
+    units_reserved: u64,
+    /// Empty when destroyed.
     wrapped: Vec<u8>,
 }
 
@@ -308,7 +334,7 @@ struct Registry {
 impl Registry {
     /// Body bytes (everything the trailing tag authenticates).
     fn encode_body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64 + self.entries.len() * 80);
+        let mut b = Vec::with_capacity(64 + self.entries.len() * 96);
         b.extend_from_slice(REGISTRY_MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&self.store_id);
@@ -320,6 +346,8 @@ impl Registry {
             b.extend_from_slice(&e.id.to_le_bytes());
             b.extend_from_slice(&e.created.to_le_bytes());
             b.push(e.state.code());
+            b.extend_from_slice(&e.retired_at.to_le_bytes());
+            b.extend_from_slice(&e.units_reserved.to_le_bytes());
             b.extend_from_slice(&(e.wrapped.len() as u16).to_le_bytes());
             b.extend_from_slice(&e.wrapped);
         }
@@ -327,12 +355,22 @@ impl Registry {
     }
 }
 
+/// One entry of a registry file before authentication.
+pub(crate) struct RawEntry<'a> {
+    id: u32,
+    created: u64,
+    state: u8,
+    retired_at: u64,
+    units_reserved: u64,
+    wrapped: &'a [u8],
+}
+
 /// The parts of a registry file before authentication; see [`decode_registry`].
 pub(crate) struct RawRegistry<'a> {
     store_id: StoreId,
     generation: u64,
     kcv: &'a [u8],
-    entries: Vec<(u32, u64, u8, &'a [u8])>,
+    entries: Vec<RawEntry<'a>>,
     body: &'a [u8],
     tag: &'a [u8],
 }
@@ -374,9 +412,18 @@ pub(crate) fn decode_registry(buf: &[u8]) -> Result<RawRegistry<'_>> {
         let id = r.u32("key id").map_err(e)?;
         let created = r.u64("creation time").map_err(e)?;
         let state = r.u8("key state").map_err(e)?;
+        let retired_at = r.u64("retirement time").map_err(e)?;
+        let units_reserved = r.u64("reserved units").map_err(e)?;
         let wl = r.u16("wrapped key length").map_err(e)?;
         let wrapped = r.bytes(wl as usize, "wrapped key").map_err(e)?;
-        entries.push((id, created, state, wrapped));
+        entries.push(RawEntry {
+            id,
+            created,
+            state,
+            retired_at,
+            units_reserved,
+            wrapped,
+        });
     }
     if !r.is_empty() {
         return Err(Error::format(
@@ -395,21 +442,49 @@ pub(crate) fn decode_registry(buf: &[u8]) -> Result<RawRegistry<'_>> {
     })
 }
 
+/// An unwrapped data key in memory, with the count of units sealed under it.
+pub(crate) struct KeyHandle {
+    aead: AeadKey,
+    units: AtomicU64,
+}
+
+impl KeyHandle {
+    fn new(key: &SecretKey, units: u64) -> Arc<Self> {
+        Arc::new(KeyHandle {
+            aead: AeadKey::new(key),
+            units: AtomicU64::new(units),
+        })
+    }
+}
+
+/// When keys rotate and how long retired keys are kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyPolicy {
+    /// Rotate the active key once it is this old (seconds).
+    pub(crate) rotation_interval: Option<u64>,
+    /// Rotate the active key before it seals this many units.
+    pub(crate) max_units: u64,
+}
+
 /// Data keys of an open store: the registry, the provider, and unwrapped keys by id.
 pub(crate) struct KeyRing {
     store_id: StoreId,
-    provider: Option<Arc<dyn KeyProvider>>,
+    encrypted: bool,
+    provider: RwLock<Option<Arc<dyn KeyProvider>>>,
+    /// Serializes registry rewrites (rotation, reservation, retirement, master rotation).
+    writer: Mutex<()>,
     inner: RwLock<KeyRingInner>,
 }
 
 struct KeyRingInner {
     registry: Option<Registry>,
-    keys: BTreeMap<u32, Arc<AeadKey>>,
+    keys: BTreeMap<u32, Arc<KeyHandle>>,
     active: u32,
 }
 
-/// What `info` reports per key.
+/// A data key as reported by [`crate::Db::encryption_status`] and `info`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct KeyInfo {
     /// The key id (as found in file headers).
     pub id: u32,
@@ -417,6 +492,10 @@ pub struct KeyInfo {
     pub created: u64,
     /// Registry state.
     pub state: KeyState,
+    /// When it was retired (Unix seconds), if it was.
+    pub retired_at: Option<u64>,
+    /// Units sealed under it so far (an upper bound after a restart).
+    pub units_sealed: u64,
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -426,12 +505,18 @@ pub(crate) fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+fn not_encrypted() -> Error {
+    Error::InvalidArgument("the store is not encrypted")
+}
+
 impl KeyRing {
     /// A store without encryption.
     pub(crate) fn plain(store_id: StoreId) -> Self {
         KeyRing {
             store_id,
-            provider: None,
+            encrypted: false,
+            provider: RwLock::new(None),
+            writer: Mutex::new(()),
             inner: RwLock::new(KeyRingInner {
                 registry: None,
                 keys: BTreeMap::new(),
@@ -458,15 +543,19 @@ impl KeyRing {
                 id,
                 created,
                 state: KeyState::Active,
+                retired_at: 0,
+                units_reserved: RESERVE_CHUNK,
                 wrapped,
             }],
         };
         write_registry(storage, provider.as_ref(), &registry)?;
         let mut keys = BTreeMap::new();
-        keys.insert(id, Arc::new(AeadKey::new(&key)));
+        keys.insert(id, KeyHandle::new(&key, 0));
         Ok(KeyRing {
             store_id,
-            provider: Some(provider),
+            encrypted: true,
+            provider: RwLock::new(Some(provider)),
+            writer: Mutex::new(()),
             inner: RwLock::new(KeyRingInner {
                 registry: Some(registry),
                 keys,
@@ -476,7 +565,7 @@ impl KeyRing {
     }
 
     /// Loads the registry: checks the master key first (nothing else is read before), then the
-    /// registry's integrity, then unwraps every data key.
+    /// registry's integrity, then unwraps every data key that is not destroyed.
     pub(crate) fn load(storage: &dyn Storage, provider: Arc<dyn KeyProvider>) -> Result<Self> {
         let buf = storage
             .read_all(REGISTRY_FILE)
@@ -498,24 +587,28 @@ impl KeyRing {
         let mut entries = Vec::new();
         let mut keys = BTreeMap::new();
         let mut active = None;
-        for (id, created, state, wrapped) in &raw.entries {
-            let state = KeyState::from_code(*state).ok_or_else(|| {
-                Error::format(REGISTRY_FILE, 0, format!("unknown state of key {id}"))
+        for e in &raw.entries {
+            let state = KeyState::from_code(e.state).ok_or_else(|| {
+                Error::format(REGISTRY_FILE, 0, format!("unknown state of key {}", e.id))
             })?;
-            let key = provider
-                .unwrap_data_key(&wrap_aad(&raw.store_id, *id, *created), wrapped)
-                .map_err(|_| {
-                    Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
-                })?;
-            keys.insert(*id, Arc::new(AeadKey::new(&key)));
+            if state != KeyState::Destroyed {
+                let key = provider
+                    .unwrap_data_key(&wrap_aad(&raw.store_id, e.id, e.created), e.wrapped)
+                    .map_err(|_| {
+                        Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
+                    })?;
+                keys.insert(e.id, KeyHandle::new(&key, e.units_reserved));
+            }
             if state == KeyState::Active {
-                active = Some(*id);
+                active = Some(e.id);
             }
             entries.push(RegistryEntry {
-                id: *id,
-                created: *created,
+                id: e.id,
+                created: e.created,
                 state,
-                wrapped: wrapped.to_vec(),
+                retired_at: e.retired_at,
+                units_reserved: e.units_reserved,
+                wrapped: e.wrapped.to_vec(),
             });
         }
         let active = active.ok_or_else(|| Error::format(REGISTRY_FILE, 0, "no active data key"))?;
@@ -527,7 +620,9 @@ impl KeyRing {
         };
         Ok(KeyRing {
             store_id: raw.store_id,
-            provider: Some(provider),
+            encrypted: true,
+            provider: RwLock::new(Some(provider)),
+            writer: Mutex::new(()),
             inner: RwLock::new(KeyRingInner {
                 registry: Some(registry),
                 keys,
@@ -541,10 +636,14 @@ impl KeyRing {
     }
 
     pub(crate) fn is_encrypted(&self) -> bool {
-        self.provider.is_some()
+        self.encrypted
     }
 
-    /// The sealer for new files (the active data key).
+    fn provider(&self) -> Result<Arc<dyn KeyProvider>> {
+        self.provider.read().clone().ok_or_else(not_encrypted)
+    }
+
+    /// The sealer for new units (the active data key).
     pub(crate) fn active_sealer(&self) -> Sealer {
         let inner = self.inner.read();
         Sealer {
@@ -554,10 +653,10 @@ impl KeyRing {
         }
     }
 
-    /// The sealer for a file written under `key_id`; `None` if the store has no such key
-    /// (or, in an encrypted store, for key id 0: plaintext is never accepted).
+    /// The sealer for a unit sealed under `key_id`; `None` if the store has no such key (or it
+    /// was destroyed; or, in an encrypted store, for key id 0: plaintext is never accepted).
     pub(crate) fn sealer_for(&self, key_id: u32) -> Option<Sealer> {
-        if self.provider.is_none() {
+        if !self.encrypted {
             return (key_id == 0).then_some(Sealer {
                 store_id: self.store_id,
                 key_id: 0,
@@ -572,36 +671,199 @@ impl KeyRing {
         })
     }
 
-    /// Creates a new data key, makes it active, and rewrites the registry.
-    pub(crate) fn rotate(&self, storage: &dyn Storage) -> Result<u32> {
-        let Some(provider) = &self.provider else {
-            return Err(Error::InvalidArgument("the store is not encrypted"));
-        };
-        let mut inner = self.inner.write();
-        let mut registry = inner
+    /// Applies `change` to a copy of the registry, writes it atomically, then publishes it.
+    /// Slow work (wrapping keys) happens in `change` without blocking readers of keys.
+    fn rewrite<T>(
+        &self,
+        storage: &dyn Storage,
+        change: impl FnOnce(&mut Registry, &dyn KeyProvider) -> Result<T>,
+        publish: impl FnOnce(&mut KeyRingInner, &T),
+    ) -> Result<T> {
+        let provider = self.provider()?;
+        let mut registry = self
+            .inner
+            .read()
             .registry
             .clone()
-            .expect("encrypted store has a registry");
-        let id = registry.entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
-        let created = now_secs();
-        let (key, wrapped) = provider.new_data_key(&wrap_aad(&self.store_id, id, created))?;
-        for e in &mut registry.entries {
-            if e.state == KeyState::Active {
-                e.state = KeyState::InUse;
-            }
-        }
-        registry.entries.push(RegistryEntry {
-            id,
-            created,
-            state: KeyState::Active,
-            wrapped,
-        });
+            .ok_or_else(not_encrypted)?;
+        let out = change(&mut registry, provider.as_ref())?;
         registry.generation += 1;
         write_registry(storage, provider.as_ref(), &registry)?;
-        inner.keys.insert(id, Arc::new(AeadKey::new(&key)));
+        let mut inner = self.inner.write();
         inner.registry = Some(registry);
+        publish(&mut inner, &out);
+        Ok(out)
+    }
+
+    /// Creates a new data key, makes it active, and rewrites the registry. Returns its id.
+    pub(crate) fn rotate(&self, storage: &dyn Storage) -> Result<u32> {
+        let _w = self.writer.lock();
+        let store_id = self.store_id;
+        let (id, handle) = self.rewrite(
+            storage,
+            |reg, provider| {
+                let id = reg.entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+                let created = now_secs();
+                let (key, wrapped) = provider.new_data_key(&wrap_aad(&store_id, id, created))?;
+                for e in &mut reg.entries {
+                    if e.state == KeyState::Active {
+                        e.state = KeyState::InUse;
+                    }
+                }
+                reg.entries.push(RegistryEntry {
+                    id,
+                    created,
+                    state: KeyState::Active,
+                    retired_at: 0,
+                    units_reserved: RESERVE_CHUNK,
+                    wrapped,
+                });
+                Ok((id, KeyHandle::new(&key, 0)))
+            },
+            |_, _| {},
+        )?;
+        let mut inner = self.inner.write();
+        inner.keys.insert(id, handle);
         inner.active = id;
         Ok(id)
+    }
+
+    /// Rotates by age or unit count, or extends the active key's unit reservation, when due.
+    /// Cheap when nothing is due. Returns whether the active key changed.
+    pub(crate) fn maintain(&self, storage: &dyn Storage, policy: &KeyPolicy) -> Result<bool> {
+        if !self.encrypted {
+            return Ok(false);
+        }
+        let (units, created, reserved) = {
+            let inner = self.inner.read();
+            let Some(reg) = inner.registry.as_ref() else {
+                return Ok(false);
+            };
+            let Some(e) = reg.entries.iter().find(|e| e.id == inner.active) else {
+                return Ok(false);
+            };
+            let units = inner
+                .keys
+                .get(&inner.active)
+                .map_or(0, |h| h.units.load(Ordering::Relaxed));
+            (units, e.created, e.units_reserved)
+        };
+        let too_old = policy
+            .rotation_interval
+            .is_some_and(|i| now_secs().saturating_sub(created) >= i);
+        if too_old || units >= policy.max_units {
+            self.rotate(storage)?;
+            return Ok(true);
+        }
+        if units + RESERVE_CHUNK / 2 >= reserved {
+            let _w = self.writer.lock();
+            self.rewrite(
+                storage,
+                |reg, _| {
+                    let active = reg
+                        .entries
+                        .iter_mut()
+                        .find(|e| e.state == KeyState::Active)
+                        .ok_or_else(|| Error::format(REGISTRY_FILE, 0, "no active data key"))?;
+                    active.units_reserved = units.max(active.units_reserved) + RESERVE_CHUNK;
+                    Ok(())
+                },
+                |_, _| {},
+            )?;
+        }
+        Ok(false)
+    }
+
+    /// Retires keys no live unit uses and destroys retired keys past their retention.
+    /// `in_use` must hold every key id of every live file.
+    pub(crate) fn retire_unused(
+        &self,
+        storage: &dyn Storage,
+        in_use: &std::collections::BTreeSet<u32>,
+        retention: u64,
+    ) -> Result<()> {
+        if !self.encrypted {
+            return Ok(());
+        }
+        let _w = self.writer.lock();
+        let now = now_secs();
+        let due = |e: &RegistryEntry| match e.state {
+            KeyState::InUse => !in_use.contains(&e.id),
+            KeyState::Retired => now.saturating_sub(e.retired_at) >= retention,
+            KeyState::Active | KeyState::Destroyed => false,
+        };
+        let any_due = {
+            let inner = self.inner.read();
+            inner
+                .registry
+                .as_ref()
+                .is_some_and(|r| r.entries.iter().any(due))
+        };
+        if !any_due {
+            return Ok(());
+        }
+        self.rewrite(
+            storage,
+            |reg, _| {
+                let mut destroyed = Vec::new();
+                for e in &mut reg.entries {
+                    if e.state == KeyState::InUse && !in_use.contains(&e.id) {
+                        e.state = KeyState::Retired;
+                        e.retired_at = now;
+                    }
+                    if e.state == KeyState::Retired
+                        && now.saturating_sub(e.retired_at) >= retention
+                        && !in_use.contains(&e.id)
+                    {
+                        e.state = KeyState::Destroyed;
+                        e.wrapped.zeroize();
+                        e.wrapped.clear();
+                        destroyed.push(e.id);
+                    }
+                }
+                Ok(destroyed)
+            },
+            |inner, destroyed| {
+                for id in destroyed {
+                    inner.keys.remove(id);
+                }
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Re-wraps every data key under a new master key and switches to it. Data files are not
+    /// touched; readers and writers are blocked only while the new registry is published.
+    pub(crate) fn rotate_master(
+        &self,
+        storage: &dyn Storage,
+        new: Arc<dyn KeyProvider>,
+    ) -> Result<()> {
+        let _w = self.writer.lock();
+        let store_id = self.store_id;
+        let old = self.provider()?;
+        let mut registry = self
+            .inner
+            .read()
+            .registry
+            .clone()
+            .ok_or_else(not_encrypted)?;
+        for e in &mut registry.entries {
+            if e.state == KeyState::Destroyed {
+                continue;
+            }
+            let aad = wrap_aad(&store_id, e.id, e.created);
+            let key = old.unwrap_data_key(&aad, &e.wrapped).map_err(|_| {
+                Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
+            })?;
+            e.wrapped = new.rewrap_data_key(&aad, &key)?;
+        }
+        registry.kcv = new.make_check_value(&kcv_aad(&store_id))?;
+        registry.generation += 1;
+        write_registry(storage, new.as_ref(), &registry)?;
+        *self.provider.write() = Some(new);
+        self.inner.write().registry = Some(registry);
+        Ok(())
     }
 
     /// The keys in the registry.
@@ -617,10 +879,23 @@ impl KeyRing {
                         id: e.id,
                         created: e.created,
                         state: e.state,
+                        retired_at: (e.retired_at != 0).then_some(e.retired_at),
+                        units_sealed: inner
+                            .keys
+                            .get(&e.id)
+                            .map_or(e.units_reserved, |h| h.units.load(Ordering::Relaxed)),
                     })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Creation time of each key still in the registry (for the rekey policy).
+    pub(crate) fn creation_times(&self) -> BTreeMap<u32, u64> {
+        self.key_infos()
+            .into_iter()
+            .map(|k| (k.id, k.created))
+            .collect()
     }
 }
 

@@ -54,7 +54,7 @@ mod txn;
 mod version;
 mod wal;
 
-pub use db::{verify_store, Db, Options, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use db::{verify_store, Db, Options, MAX_KEY_SIZE, MAX_UNITS_PER_KEY, MAX_VALUE_SIZE};
 pub use error::{Error, Result};
 pub use keys::{HostKeyProvider, KeyInfo, KeyProvider, KeyState};
 pub use txn::{Iter, IterOptions, KeyValue, Txn, WriteBatch};
@@ -126,6 +126,52 @@ pub struct TableInfo {
     pub entries: u64,
     /// Data key it is sealed under.
     pub key_id: u32,
+}
+
+/// Encryption at a glance: the data keys and what uses them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EncryptionStatus {
+    /// Whether the store is encrypted.
+    pub encrypted: bool,
+    /// The key new units are sealed under.
+    pub active_key_id: u32,
+    /// Every key in the registry (destroyed ones included, without material).
+    pub keys: Vec<KeyStatus>,
+    /// Age in seconds of the oldest key a live file uses.
+    pub oldest_key_in_use_age_secs: Option<u64>,
+}
+
+/// One data key in [`EncryptionStatus`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KeyStatus {
+    /// Key id.
+    pub id: u32,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// Registry state.
+    pub state: KeyState,
+    /// When it was retired, Unix seconds.
+    pub retired_at: Option<u64>,
+    /// Units sealed under it (an upper bound after a restart).
+    pub units_sealed: u64,
+    /// Live files with units under it (tables, WALs, the manifest).
+    pub live_files: u64,
+    /// Bytes of live tables sealed under it.
+    pub live_table_bytes: u64,
+}
+
+/// What [`Db::rekey`] did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RekeyReport {
+    /// Compaction tasks run to rewrite old tables.
+    pub tasks: u64,
+    /// Bytes of tables rewritten.
+    pub bytes_rewritten: u64,
+    /// Key ids live files use afterwards.
+    pub keys_in_use: Vec<u32>,
 }
 
 /// What [`verify_store`] and [`Db::verify`] checked.

@@ -24,6 +24,8 @@ pub(crate) struct Memtable {
     max_ts: AtomicU64,
     /// Number of the WAL file holding this memtable's entries.
     pub(crate) wal_no: u64,
+    /// Data keys the WAL's chunks are sealed under.
+    wal_keys: parking_lot::Mutex<Vec<u32>>,
 }
 
 impl Memtable {
@@ -33,7 +35,20 @@ impl Memtable {
             size: AtomicUsize::new(0),
             max_ts: AtomicU64::new(0),
             wal_no,
+            wal_keys: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records that the WAL now also holds chunks sealed under `key_id`.
+    pub(crate) fn note_wal_key(&self, key_id: u32) {
+        let mut keys = self.wal_keys.lock();
+        if !keys.contains(&key_id) {
+            keys.push(key_id);
+        }
+    }
+
+    pub(crate) fn wal_key_ids(&self) -> Vec<u32> {
+        self.wal_keys.lock().clone()
     }
 
     pub(crate) fn insert(&self, r: Record) {

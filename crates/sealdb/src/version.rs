@@ -49,6 +49,8 @@ pub(crate) struct ManifestState {
     /// Highest commit timestamp contained in tables.
     pub(crate) last_ts: u64,
     pub(crate) levels: Vec<Vec<TableMeta>>,
+    /// Key id the file read was sealed under (`None` for a state not read from disk).
+    pub(crate) sealed_key_id: Option<u32>,
 }
 
 /// The plaintext header fields.
@@ -154,6 +156,7 @@ pub(crate) fn write_new_manifest(storage: &dyn Storage, keys: &KeyRing) -> Resul
         log_no: 0,
         last_ts: 0,
         levels: vec![Vec::new(); NUM_LEVELS],
+        sealed_key_id: None,
     };
     write_manifest(storage, keys, &m)?;
     Ok(m)
@@ -201,6 +204,7 @@ pub(crate) fn read_manifest(storage: &dyn Storage, keys: &KeyRing) -> Result<Man
     })?;
     let mut state = decode_body(body).map_err(|d| d.into_error(MANIFEST, HEADER_LEN as u64))?;
     state.generation = h.generation;
+    state.sealed_key_id = Some(h.key_id);
     Ok(state)
 }
 
@@ -248,6 +252,7 @@ pub(crate) fn decode_body(b: &[u8]) -> std::result::Result<ManifestState, Decode
         log_no,
         last_ts,
         levels,
+        sealed_key_id: None,
     })
 }
 
@@ -299,6 +304,7 @@ mod tests {
             log_no: 8,
             last_ts: 99,
             levels: vec![Vec::new(); NUM_LEVELS],
+            sealed_key_id: None,
         };
         state.levels[1].push(TableMeta {
             file_no: 7,
@@ -310,6 +316,7 @@ mod tests {
             max_ts: 99,
         });
         write_manifest(&s, &keys, &state).unwrap();
+        state.sealed_key_id = Some(0);
         assert_eq!(read_manifest(&s, &keys).unwrap(), state);
         let len = s.read_all(MANIFEST).unwrap().len();
         for i in 0..len {

@@ -61,14 +61,48 @@ impl WalWriter {
         self.file_no
     }
 
+    pub(crate) fn key_id(&self) -> u32 {
+        self.sealer.key_id()
+    }
+
+    /// Seals the following chunks under another key (each chunk header names its key).
+    pub(crate) fn set_sealer(&mut self, sealer: Sealer) {
+        self.sealer = sealer;
+    }
+
     /// Appends one commit. The bytes reach the OS before this returns; with `sync` they are
-    /// durable. An error here must poison the store.
+    /// durable. An I/O error here must poison the store.
     pub(crate) fn append(&mut self, records: &[Record], sync: bool) -> Result<()> {
         self.plain.clear();
         crate::codec::put_varint(&mut self.plain, records.len() as u64);
         for r in records {
             entry::encode(r.as_ref(), &mut self.plain);
         }
+        self.write_chunk(sync)
+    }
+
+    /// Writes the link chunk that starts a log: the previous log's number and final length,
+    /// so recovery can tell whether the previous log lost its end.
+    pub(crate) fn append_link(&mut self, prev_no: u64, prev_len: u64) -> Result<()> {
+        self.plain.clear();
+        crate::codec::put_varint(&mut self.plain, 0);
+        self.plain.extend_from_slice(&prev_no.to_le_bytes());
+        self.plain.extend_from_slice(&prev_len.to_le_bytes());
+        self.write_chunk(false)
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.offset
+    }
+
+    fn write_chunk(&mut self, sync: bool) -> Result<()> {
+        let unit_len = u32::try_from(self.plain.len() + self.sealer.overhead())
+            .ok()
+            .filter(|l| *l <= MAX_UNIT)
+            .ok_or(Error::InvalidArgument(
+                "commit too large for one WAL chunk (1 GiB)",
+            ))?;
         self.sealed.clear();
         self.sealed.resize(HEADER_LEN, 0);
         let place = Place {
@@ -77,12 +111,7 @@ impl WalWriter {
             position: self.offset,
         };
         self.sealer.seal(place, &self.plain, &mut self.sealed)?;
-        let unit_len = u32::try_from(self.sealed.len() - HEADER_LEN)
-            .ok()
-            .filter(|l| *l <= MAX_UNIT)
-            .ok_or(Error::InvalidArgument(
-                "commit too large for one WAL chunk (1 GiB)",
-            ))?;
+        debug_assert_eq!(self.sealed.len() - HEADER_LEN, unit_len as usize);
         let key_id = self.sealer.key_id();
         self.sealed[0..4].copy_from_slice(&unit_len.to_le_bytes());
         self.sealed[4..8].copy_from_slice(&key_id.to_le_bytes());
@@ -117,41 +146,89 @@ pub(crate) enum Tail {
 }
 
 /// Reads every commit of a WAL file, calling `apply` for each record in order.
+/// What replaying one log found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay {
+    pub(crate) tail: Tail,
+    /// Bytes of authentic chunks from the start.
+    pub(crate) clean_len: u64,
+    /// The file's length.
+    pub(crate) file_len: u64,
+    /// The previous log's number and final length, from this log's link chunk.
+    pub(crate) link: Option<(u64, u64)>,
+}
+
+/// Reads every commit of a WAL file, calling `apply` for each record in order and
+/// `key_seen` with the key id of each chunk.
 pub(crate) fn replay(
     storage: &dyn Storage,
     keys: &KeyRing,
     file_no: u64,
     mut apply: impl FnMut(RecordRef<'_>),
-) -> Result<Tail> {
+    key_seen: &mut dyn FnMut(u32),
+) -> Result<Replay> {
     let name = file_name(file_no);
     let mut buf = storage.read_all(&name).map_err(|e| Error::io(&name, e))?;
     let mut offset = 0usize;
+    let mut link = None;
+    let mut tail = Tail::Clean;
     while offset < buf.len() {
         match open_chunk(keys, file_no, &mut buf, offset) {
             Ok((plain_range, next)) => {
+                if let Ok((_, key_id)) = parse_header(&buf, file_no, offset) {
+                    key_seen(key_id);
+                }
                 let base = (offset + HEADER_LEN) as u64;
-                decode_commit(&buf[plain_range.clone()], &mut apply)
+                let l = decode_commit(&buf[plain_range.clone()], &mut apply)
                     .map_err(|e| e.into_error(&name, base))?;
+                if l.is_some() {
+                    if offset != 0 {
+                        return Err(Error::integrity(
+                            &name,
+                            offset as u64,
+                            "link chunk not at the start of the log",
+                        ));
+                    }
+                    link = l;
+                }
                 offset = next;
             }
             Err(reason) => {
                 if valid_chunk_after(keys, file_no, &buf, offset + 1) {
                     return Err(Error::integrity(&name, offset as u64, reason));
                 }
-                return Ok(Tail::Torn(offset as u64));
+                tail = Tail::Torn(offset as u64);
+                break;
             }
         }
     }
-    Ok(Tail::Clean)
+    Ok(Replay {
+        tail,
+        clean_len: offset as u64,
+        file_len: buf.len() as u64,
+        link,
+    })
 }
 
-/// Decodes one commit's plaintext: `varint count ‖ count × entry`, nothing after.
+/// Decodes one chunk's plaintext: `varint count ‖ count × entry`, nothing after; or, with
+/// count 0, a link `u64 previous log number ‖ u64 its final length`, returned.
 pub(crate) fn decode_commit(
     plain: &[u8],
     apply: &mut impl FnMut(RecordRef<'_>),
-) -> std::result::Result<(), crate::codec::DecodeError> {
+) -> std::result::Result<Option<(u64, u64)>, crate::codec::DecodeError> {
     let mut r = Reader::new(plain);
     let count = r.varint("record count")?;
+    if count == 0 {
+        let prev = r.u64("link: previous log number")?;
+        let len = r.u64("link: previous log length")?;
+        if !r.is_empty() {
+            return Err(crate::codec::DecodeError {
+                at: r.pos(),
+                what: "trailing bytes in a link chunk",
+            });
+        }
+        return Ok(Some((prev, len)));
+    }
     for _ in 0..count {
         apply(entry::decode(&mut r)?);
     }
@@ -161,7 +238,7 @@ pub(crate) fn decode_commit(
             what: "trailing bytes in a WAL chunk",
         });
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Authenticates the chunk at `offset` in place; returns the plaintext range and the next offset.
@@ -233,8 +310,8 @@ fn valid_chunk_after(keys: &KeyRing, file_no: u64, buf: &[u8], from: usize) -> b
 /// Strictly checks a WAL file: every chunk must authenticate (used by `verify`).
 pub(crate) fn verify(storage: &dyn Storage, keys: &KeyRing, file_no: u64) -> Result<u64> {
     let mut records = 0u64;
-    let tail = replay(storage, keys, file_no, |_| records += 1)?;
-    match tail {
+    let replayed = replay(storage, keys, file_no, |_| records += 1, &mut |_| {})?;
+    match replayed.tail {
         Tail::Clean => Ok(records),
         Tail::Torn(off) => Err(Error::integrity(
             file_name(file_no),

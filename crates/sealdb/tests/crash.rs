@@ -243,3 +243,47 @@ fn an_interrupted_creation_is_completed_by_the_next_open() {
     db.close().unwrap();
     sealdb::verify_store("", &opts).unwrap();
 }
+
+#[test]
+fn corruption_at_the_end_of_a_completed_older_wal_is_an_error_not_a_discard() {
+    let mem = MemStorage::new();
+    let opts = Options {
+        background_threads: false,
+        max_immutable_memtables: 8,
+        ..mem_options(&mem, true)
+    };
+    let db = Db::open("", opts.clone()).unwrap();
+    for i in 0..400u32 {
+        db.put(format!("k{i:04}").as_bytes(), &[3u8; 100]).unwrap();
+    }
+    let image = mem.crash_image(|_, _| 0);
+    drop(db);
+    let mut wals: Vec<String> = image
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    wals.sort();
+    assert!(
+        wals.len() >= 2,
+        "the test needs a frozen log and a newer one: {wals:?}"
+    );
+    let older = wals[0].clone();
+    image.with_file_mut(&older, |d| {
+        let n = d.len();
+        d[n - 5] ^= 0x10;
+    });
+    let err = Db::open(
+        "",
+        Options {
+            storage: Some(Arc::new(image)),
+            ..opts
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity { file, .. } if *file == older),
+        "{err}"
+    );
+}

@@ -1,0 +1,258 @@
+//! Key management: data-key rotation, rekey, retirement and destruction, master rotation.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use sealdb::{Db, Error, IterOptions, KeyState, Options};
+
+fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    db.iter(IterOptions::default())
+        .unwrap()
+        .map(|kv| {
+            let kv = kv.unwrap();
+            (kv.key, kv.value)
+        })
+        .collect()
+}
+
+#[test]
+fn rotation_under_concurrent_writers_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_options(true);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    let stop = AtomicBool::new(false);
+    let rotations = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                db.rotate_data_key().unwrap();
+                rotations.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        let writers: Vec<_> = (0..3u32)
+            .map(|w| {
+                let db = &db;
+                s.spawn(move || {
+                    for i in 0..600u32 {
+                        db.put(
+                            format!("w{w}-{i:04}").as_bytes(),
+                            format!("v{i}").as_bytes(),
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(rotations.load(Ordering::Relaxed) > 3);
+    let status = db.encryption_status().unwrap();
+    assert!(status.keys.len() > 3);
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    let got = contents(&db);
+    assert_eq!(got.len(), 1800);
+    for w in 0..3u32 {
+        for i in 0..600u32 {
+            assert_eq!(
+                got[format!("w{w}-{i:04}").as_bytes()],
+                format!("v{i}").into_bytes()
+            );
+        }
+    }
+    db.close().unwrap();
+    sealdb::verify_store(dir.path(), &opts).unwrap();
+}
+
+#[test]
+fn rotation_by_unit_count_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_units_per_key: 50,
+        ..small_options(true)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..400u32 {
+        db.put(format!("k{i}").as_bytes(), b"value").unwrap();
+    }
+    let status = db.encryption_status().unwrap();
+    assert!(
+        status.active_key_id > 3,
+        "count-based rotation did not happen: {status:?}"
+    );
+    for k in &status.keys {
+        // A key stops sealing at the limit; a table build in progress may add its blocks.
+        assert!(
+            k.units_sealed < 50 + 200,
+            "key {} sealed {} units",
+            k.id,
+            k.units_sealed
+        );
+    }
+    drop(db);
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        key_rotation_interval: Some(Duration::from_secs(1)),
+        ..small_options(true)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    db.put(b"a", b"1").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    db.put(b"b", b"2").unwrap();
+    assert!(
+        db.encryption_status().unwrap().active_key_id >= 2,
+        "age-based rotation did not happen"
+    );
+}
+
+#[test]
+fn rekey_bounds_key_age_and_destroyed_keys_shred_old_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        retired_key_retention: Duration::ZERO,
+        ..small_options(true)
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("key{i:05}").as_bytes(), &[b'x'; 40])
+            .unwrap();
+    }
+    db.flush().unwrap();
+    let old_key = db.encryption_status().unwrap().active_key_id;
+    db.close().unwrap();
+    // A copy of the store as it is now, all under the old key.
+    let saved = snapshot(dir.path());
+
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let report = db.rekey(Duration::ZERO).unwrap();
+    assert!(report.tasks > 0 && report.bytes_rewritten > 0);
+    let status = db.encryption_status().unwrap();
+    assert!(!report.keys_in_use.contains(&old_key), "{report:?}");
+    assert_eq!(report.keys_in_use, vec![status.active_key_id]);
+    let old = status.keys.iter().find(|k| k.id == old_key).unwrap();
+    assert_eq!(old.state, KeyState::Destroyed);
+    assert_eq!(db.iter(IterOptions::default()).unwrap().count(), 2000);
+    db.close().unwrap();
+    sealdb::verify_store(dir.path(), &opts).unwrap();
+
+    // The old registry's wrapped key is gone from the new one.
+    let registry_now = std::fs::read(dir.path().join("KEYREGISTRY")).unwrap();
+    let registry_then = &saved.iter().find(|(n, _)| n == "KEYREGISTRY").unwrap().1;
+    assert!(registry_now.len() < registry_then.len() + 100);
+
+    // Put the old data files back beside the current registry: they cannot be read.
+    for (name, bytes) in &saved {
+        if name != "KEYREGISTRY" && name != "LOCK" {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+    }
+    match Db::open(dir.path(), opts.clone()) {
+        Err(e) => assert!(e.is_integrity(), "{e}"),
+        Ok(db) => {
+            let r: Result<Vec<_>, _> = db.iter(IterOptions::default()).unwrap().collect();
+            assert!(r.unwrap_err().is_integrity());
+        }
+    }
+}
+
+#[test]
+fn master_rotation_under_load_then_only_the_new_key_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Options {
+        key_provider: Some(key_provider(1)),
+        ..small_options(false)
+    };
+    let new = Options {
+        key_provider: Some(key_provider(2)),
+        ..small_options(false)
+    };
+    let db = Db::open(dir.path(), old.clone()).unwrap();
+    for _ in 0..20 {
+        db.rotate_data_key().unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let failures = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for w in 0..2u32 {
+            let (db, stop, failures, written) = (&db, &stop, &failures, &written);
+            s.spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) || i < 200 {
+                    let k = format!("w{w}-{i:05}");
+                    if db.put(k.as_bytes(), b"v").is_err()
+                        || db.get(k.as_bytes()).map(|v| v.is_none()).unwrap_or(true)
+                    {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    written.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        db.rotate_master_key(key_provider(2)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let n = written.load(Ordering::Relaxed) as usize;
+    db.close().unwrap();
+    let before = snapshot(dir.path());
+    assert!(matches!(
+        Db::open(dir.path(), old.clone()),
+        Err(Error::WrongMasterKey(_))
+    ));
+    assert!(
+        snapshot(dir.path()) == before,
+        "the refused open changed a file"
+    );
+    let db = Db::open(dir.path(), new.clone()).unwrap();
+    assert_eq!(db.iter(IterOptions::default()).unwrap().count(), n);
+    db.close().unwrap();
+    sealdb::verify_store(dir.path(), &new).unwrap();
+}
+
+#[test]
+fn background_rekey_rewrites_old_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_key_age: Some(Duration::from_secs(1)),
+        ..small_options(true)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..1500u32 {
+        db.put(format!("key{i:05}").as_bytes(), &[b'y'; 40])
+            .unwrap();
+    }
+    db.flush().unwrap();
+    let first = db.encryption_status().unwrap().active_key_id;
+    std::thread::sleep(Duration::from_millis(1200));
+    db.rotate_data_key().unwrap();
+    // The compaction thread looks for old tables about once a second.
+    let mut rewritten = false;
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(100));
+        let status = db.encryption_status().unwrap();
+        let old = status.keys.iter().find(|k| k.id == first).unwrap();
+        if old.live_table_bytes == 0 {
+            rewritten = true;
+            break;
+        }
+    }
+    assert!(
+        rewritten,
+        "tables under the old key were not rewritten in the background"
+    );
+    assert_eq!(db.iter(IterOptions::default()).unwrap().count(), 1500);
+}
