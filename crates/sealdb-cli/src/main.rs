@@ -110,15 +110,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create a new data key; new files are written under it.
+    /// Create a new data key; new files are written under it (same as `keys rotate`).
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Data keys: list, rotate, rekey, rotate the master key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// The end-to-end demonstration in a temporary directory.
     Demo,
     /// Run the shared benchmark workload (DESIGN.md section 10).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Per key: id, created, state, units sealed, live files, live bytes.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new active data key.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Rewrite every live file whose key is older than --max-age seconds, and wait for it.
+    Rekey {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Maximum key age in seconds (default 0: everything under the active key).
+        #[arg(long, default_value_t = 0)]
+        max_age: u64,
+    },
+    /// Re-wrap every data key under a new master key (no data file is rewritten).
+    RotateMaster {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The new master key file.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 /// An error for the user: message and exit code.
@@ -267,7 +305,11 @@ fn run(cmd: Command) -> Result<(), Failure> {
         Command::Info { store, json } => {
             let db = open(&store)?;
             let info = db.info()?;
+            let status = db.encryption_status()?;
             print_info(&info, json);
+            if !json && status.encrypted {
+                print_key_shares(&status);
+            }
         }
         Command::Rotate { store } => {
             let db = open(&store)?;
@@ -275,10 +317,100 @@ fn run(cmd: Command) -> Result<(), Failure> {
             db.close()?;
             println!("new active data key: {id}");
         }
+        Command::Keys { command } => keys(command)?,
         Command::Demo => demo::run()?,
         Command::Bench(args) => bench::run(&args)?,
     }
     Ok(())
+}
+
+fn keys(cmd: KeysCommand) -> Result<(), Failure> {
+    match cmd {
+        KeysCommand::List { store, json } => {
+            let db = open(&store)?;
+            let status = db.encryption_status()?;
+            print_keys(&status, json);
+            db.close()?;
+        }
+        KeysCommand::Rotate { store } => {
+            let db = open(&store)?;
+            let id = db.rotate_data_key()?;
+            db.close()?;
+            println!("new active data key: {id}");
+        }
+        KeysCommand::Rekey { store, max_age } => {
+            let db = open(&store)?;
+            let t = std::time::Instant::now();
+            let r = db.rekey(std::time::Duration::from_secs(max_age))?;
+            db.close()?;
+            println!(
+                "rekeyed: {} rewrite tasks, {} bytes rewritten in {:.2}s; keys in use: {:?}",
+                r.tasks,
+                r.bytes_rewritten,
+                t.elapsed().as_secs_f64(),
+                r.keys_in_use
+            );
+        }
+        KeysCommand::RotateMaster {
+            store,
+            new_key_file,
+        } => {
+            if store.key_file.is_none() {
+                return Err(fail("--key-file (the current master key) is required"));
+            }
+            let new = sealdb::HostKeyProvider::from_key_file(&new_key_file)?;
+            let db = open(&store)?;
+            let t = std::time::Instant::now();
+            db.rotate_master_key(std::sync::Arc::new(new))?;
+            let took = t.elapsed();
+            db.close()?;
+            println!(
+                "master key rotated in {:.1} ms; only {} opens the store now",
+                took.as_secs_f64() * 1000.0,
+                new_key_file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_keys(status: &sealdb::EncryptionStatus, json: bool) {
+    if json {
+        let keys: Vec<serde_json::Value> = status
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "id": k.id, "created": k.created, "state": k.state.as_str(),
+                    "retired_at": k.retired_at, "units_sealed": k.units_sealed,
+                    "live_files": k.live_files, "live_bytes": k.live_table_bytes,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "encrypted": status.encrypted,
+            "active_key_id": status.active_key_id,
+            "oldest_key_in_use_age_secs": status.oldest_key_in_use_age_secs,
+            "keys": keys,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("JSON of plain values")
+        );
+        return;
+    }
+    println!("   id      created  state      units sealed  live files   live bytes");
+    for k in &status.keys {
+        println!(
+            "{:>5} {:>12}  {:<9} {:>13} {:>11} {:>12}",
+            k.id,
+            k.created,
+            k.state.as_str(),
+            k.units_sealed,
+            k.live_files,
+            k.live_table_bytes
+        );
+    }
 }
 
 fn keygen(out: &Path) -> Result<(), Failure> {
@@ -341,6 +473,24 @@ fn load(db: &Db, tsv: &Path, hex: bool) -> Result<u64, Failure> {
     }
     batch.commit()?;
     Ok(n)
+}
+
+fn print_key_shares(status: &sealdb::EncryptionStatus) {
+    let total: u64 = status.keys.iter().map(|k| k.live_table_bytes).sum();
+    for k in status.keys.iter().filter(|k| k.live_files > 0) {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * k.live_table_bytes as f64 / total as f64
+        };
+        println!(
+            "key {:>3}: {:5.1}% of live table bytes, {} live files",
+            k.id, share, k.live_files
+        );
+    }
+    if let Some(age) = status.oldest_key_in_use_age_secs {
+        println!("oldest key in use: {age} s old");
+    }
 }
 
 fn print_info(info: &sealdb::StoreInfo, json: bool) {

@@ -157,3 +157,72 @@ fn demo_runs() {
     assert!(out.contains("not found on disk"));
     assert!(out.contains("wrong key is refused"));
 }
+
+#[test]
+fn key_management_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, new_key, dir) = (
+        tmp.path().join("k1"),
+        tmp.path().join("k2"),
+        tmp.path().join("db"),
+    );
+    let (key, new_key, dir) = (p(&key), p(&new_key), p(&dir));
+    ok(&["keygen", "--out", key]);
+    ok(&["keygen", "--out", new_key]);
+    ok(&["init", "--dir", dir, "--key-file", key]);
+    let tsv = tmp.path().join("d.tsv");
+    std::fs::write(
+        &tsv,
+        (0..500)
+            .map(|i| format!("k{i}\tv{i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    ok(&["load", "--dir", dir, "--key-file", key, "--tsv", p(&tsv)]);
+    assert!(
+        ok(&["keys", "rotate", "--dir", dir, "--key-file", key]).contains("new active data key: 2")
+    );
+    let out = ok(&[
+        "keys",
+        "rekey",
+        "--dir",
+        dir,
+        "--key-file",
+        key,
+        "--max-age",
+        "0",
+    ]);
+    assert!(
+        out.contains("keys in use: [2]") || out.contains("keys in use: [3]"),
+        "{out}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&[
+        "keys",
+        "list",
+        "--dir",
+        dir,
+        "--key-file",
+        key,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(list["keys"][0]["state"], "retired");
+    assert!(ok(&["info", "--dir", dir, "--key-file", key]).contains("oldest key in use"));
+    ok(&[
+        "keys",
+        "rotate-master",
+        "--dir",
+        dir,
+        "--key-file",
+        key,
+        "--new-key-file",
+        new_key,
+    ]);
+    let old = sealdb(&["get", "--dir", dir, "--key-file", key, "k7"]);
+    assert!(String::from_utf8_lossy(&old.stderr).contains("wrong master key"));
+    assert_eq!(
+        ok(&["get", "--dir", dir, "--key-file", new_key, "k7"]),
+        "v7\n"
+    );
+    assert!(ok(&["verify", "--dir", dir, "--key-file", new_key]).starts_with("ok:"));
+}

@@ -79,16 +79,11 @@ pub(crate) fn pick(levels: &[Vec<TableMeta>], p: &Policy) -> Option<Task> {
     Some(make_task(levels, level, vec![input]))
 }
 
-/// Chooses a table sealed under a key created before `cutoff` (Unix seconds) to rewrite under
-/// the active key. L1+ tables are rewritten in place (same level, same key range); an old L0
-/// table is handled by the normal L0 compaction, since a rewritten L0 table would look newer
-/// than it is. `created` maps key ids to creation times; unknown ids count as old.
-pub(crate) fn pick_rekey(
-    levels: &[Vec<TableMeta>],
-    created: &std::collections::BTreeMap<u32, u64>,
-    cutoff: u64,
-) -> Option<Task> {
-    let old = |t: &TableMeta| created.get(&t.key_id).is_none_or(|c| *c < cutoff);
+/// Chooses a table sealed under an old key (`is_old(key_id)`) to rewrite under the active key.
+/// L1+ tables are rewritten in place (same level, same key range); an old L0 table is handled
+/// by the normal L0 compaction, since a rewritten L0 table would look newer than it is.
+pub(crate) fn pick_rekey(levels: &[Vec<TableMeta>], is_old: &dyn Fn(u32) -> bool) -> Option<Task> {
+    let old = |t: &TableMeta| is_old(t.key_id);
     if levels[0].iter().any(old) {
         return Some(make_task(levels, 0, levels[0].iter().collect()));
     }
@@ -293,20 +288,30 @@ mod tests {
         let mut fresh = meta(8, "a", "c", 50);
         fresh.key_id = 2;
         levels[2] = vec![fresh.clone(), old];
-        let created = std::collections::BTreeMap::from([(1, 100), (2, 500)]);
-        let t = pick_rekey(&levels, &created, 200).unwrap();
+        let old_before = |cutoff: u64| {
+            move |id: u32| {
+                [(1u32, 100u64), (2, 500)]
+                    .iter()
+                    .find(|(k, _)| *k == id)
+                    .is_none_or(|(_, c)| *c < cutoff)
+            }
+        };
+        let t = pick_rekey(&levels, &old_before(200)).unwrap();
         assert_eq!((t.level, t.output_level, t.inputs.clone()), (2, 2, vec![7]));
         assert!(t.bottom && !t.trivial_move);
-        assert_eq!(pick_rekey(&levels, &created, 50), None);
+        assert_eq!(pick_rekey(&levels, &old_before(50)), None);
         let mut l0 = meta(9, "x", "z", 5);
         l0.key_id = 1;
         levels[0] = vec![l0];
-        let t = pick_rekey(&levels, &created, 200).unwrap();
+        let t = pick_rekey(&levels, &old_before(200)).unwrap();
         assert_eq!((t.level, t.output_level), (0, 1));
         // A key the registry no longer knows counts as old.
         levels[0].clear();
         levels[2][0].key_id = 99;
-        assert_eq!(pick_rekey(&levels, &created, 50).unwrap().inputs, vec![8]);
+        assert_eq!(
+            pick_rekey(&levels, &old_before(50)).unwrap().inputs,
+            vec![8]
+        );
     }
 
     #[test]

@@ -707,7 +707,7 @@ impl Db {
             .keys
             .creation_times()
             .get(&active)
-            .is_none_or(|c| *c < cutoff)
+            .is_none_or(|c| *c <= cutoff)
         {
             self.rotate_data_key()?;
         }
@@ -1148,11 +1148,16 @@ impl Inner {
         })
     }
 
+    /// A rewrite of a table sealed under a key (other than the active one) created at or
+    /// before `cutoff`; keys the registry no longer has count as old.
     fn rekey_task(&self, metas: &[Vec<TableMeta>], cutoff: u64) -> Option<Task> {
         if !self.keys.is_encrypted() {
             return None;
         }
-        compaction::pick_rekey(metas, &self.keys.creation_times(), cutoff)
+        let created = self.keys.creation_times();
+        let active = self.keys.active_sealer().key_id();
+        let is_old = |id: u32| id != active && created.get(&id).is_none_or(|c| *c <= cutoff);
+        compaction::pick_rekey(metas, &is_old)
     }
 
     /// Runs one compaction if the policy picks one. Returns false if there was none.
@@ -1254,7 +1259,12 @@ impl Inner {
 
     fn key_policy(&self) -> KeyPolicy {
         KeyPolicy {
-            rotation_interval: self.opts.key_rotation_interval.map(|d| d.as_secs().max(1)),
+            // The active key may not outlive the rekey bound either.
+            rotation_interval: match (self.opts.key_rotation_interval, self.opts.max_key_age) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|d| d.as_secs().max(1)),
             max_units: self.opts.max_units_per_key.min(MAX_UNITS_PER_KEY),
         }
     }
