@@ -124,6 +124,8 @@ enum Command {
     Demo,
     /// Run the shared benchmark workload (DESIGN.md section 10).
     Bench(bench::BenchArgs),
+    /// Time an online master-key rotation with many data keys under a write load.
+    BenchMaster(bench::MasterBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -320,6 +322,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
         Command::Keys { command } => keys(command)?,
         Command::Demo => demo::run()?,
         Command::Bench(args) => bench::run(&args)?,
+        Command::BenchMaster(args) => bench::run_master(&args)?,
     }
     Ok(())
 }

@@ -64,7 +64,7 @@ pub fn open_store_with_file(suffix: &str, data: &[u8]) {
         memtable_size: 4 << 10,
         ..Options::default()
     };
-    {
+    let image = {
         let Ok(db) = Db::open("", opts.clone()) else {
             return;
         };
@@ -73,9 +73,11 @@ pub fn open_store_with_file(suffix: &str, data: &[u8]) {
         }
         let _ = db.flush();
         let _ = db.put(b"in-the-wal", b"v");
-        std::mem::forget(db); // a crash: the WAL keeps its last commit
-    }
-    let image = mem.crash_image(|_, _| 0);
+        let _ = db.sync();
+        // A crash now: the image keeps the WAL's last commit; closing the store afterwards
+        // does not change the image.
+        mem.crash_image(|_, _| 0)
+    };
     let Some(name) = image
         .list()
         .ok()
