@@ -418,9 +418,20 @@ impl Db {
                 },
                 &mut |k| mem.note_wal_key(k),
             )?;
+            if let Some((link_no, _)) = replayed.link {
+                if link_no >= manifest.log_no && !wals.contains(&link_no) {
+                    return Err(Error::integrity(
+                        name,
+                        0,
+                        "the log this one follows is missing (deleted or renamed)",
+                    ));
+                }
+            }
             if let (Some((link_no, link_len)), Some((prev_no, p))) = (replayed.link, &prev) {
                 if link_no == *prev_no && link_len > p.clean_len {
-                    if p.file_len >= link_len {
+                    // Some filesystems persist a file's size before its data: a tail of
+                    // zeros is a lost write, not corruption.
+                    if p.file_len >= link_len && !p.zero_tail {
                         // Every byte the previous log had when it was frozen is there, yet
                         // a chunk fails: that is corruption, not a torn write.
                         return Err(Error::integrity(
@@ -531,7 +542,11 @@ impl Db {
     /// Flushes memtables to tables, waits for background work to stop, and releases the
     /// store. Reports the first error a background thread hit.
     pub fn close(self) -> Result<()> {
-        self.shutdown()
+        let r = self.shutdown();
+        drop(self);
+        // The store's memory (memtables, cache, indexes) was just freed.
+        crate::sys::release_free_memory();
+        r
     }
 
     fn shutdown(&self) -> Result<()> {
@@ -653,10 +668,16 @@ impl Db {
 
     /// Freezes the active memtable and flushes it to a table (waits for it).
     pub fn flush(&self) -> Result<()> {
+        self.flush_inner(false)
+    }
+
+    /// With `retire_log`, also freezes an empty memtable so its log (whose link chunk may be
+    /// sealed under an old key) is retired.
+    fn flush_inner(&self, retire_log: bool) -> Result<()> {
         {
             let mut c = self.inner.commit.lock();
             self.inner.check()?;
-            if !self.inner.sv.read().mem.is_empty() {
+            if retire_log || !self.inner.sv.read().mem.is_empty() {
                 self.inner.rotate_memtable(&mut c)?;
             }
         }
@@ -711,7 +732,7 @@ impl Db {
         {
             self.rotate_data_key()?;
         }
-        self.flush()?;
+        self.flush_inner(true)?;
         let mut report = crate::RekeyReport::default();
         loop {
             let _serial = inner.compact_mutex.lock();
@@ -1068,17 +1089,24 @@ impl Inner {
             mem.for_each(|r| b.add(r))?;
             b.finish(self.opts.bloom_bits_per_key)
         };
-        let meta = self.poison_on_err(build())?;
-        // The new table's name is durable before the manifest names it.
-        let synced = self.storage.sync_dir().map_err(|e| Error::io(".", e));
-        self.poison_on_err(synced)?;
-        let table = Table::open(self.storage.as_ref(), &self.keys, no, self.cache.clone());
-        let table = Arc::new(self.poison_on_err(table)?);
+        // An empty memtable (frozen to retire its log, e.g. by rekey) makes no table.
+        let table = if mem.is_empty() {
+            None
+        } else {
+            let meta = self.poison_on_err(build())?;
+            // The new table's name is durable before the manifest names it.
+            let synced = self.storage.sync_dir().map_err(|e| Error::io(".", e));
+            self.poison_on_err(synced)?;
+            let table = Table::open(self.storage.as_ref(), &self.keys, no, self.cache.clone());
+            Some((meta, Arc::new(self.poison_on_err(table)?)))
+        };
         let mut edit = self.edit.lock();
         let mut next = edit.manifest.clone();
         next.generation += 1;
         next.next_file_no = self.next_file_no.load(Ordering::SeqCst);
-        next.levels[0].push(meta);
+        if let Some((meta, _)) = &table {
+            next.levels[0].push(meta.clone());
+        }
         next.last_ts = next.last_ts.max(mem.max_ts());
         let sv = self.super_version();
         // The next memtable still in memory decides which logs are needed.
@@ -1087,7 +1115,9 @@ impl Inner {
         {
             let mut cur = self.sv.write();
             let mut version = (*cur.version).clone();
-            version.levels[0].push(table);
+            if let Some((_, table)) = table {
+                version.levels[0].push(table);
+            }
             version.normalize();
             let imms = cur
                 .imms
@@ -1249,6 +1279,15 @@ impl Inner {
         if !self.keys.is_encrypted() {
             return Ok(());
         }
+        {
+            // Writers of logs whose memtable is in a table need no fsync; dropping them also
+            // lets go of the keys they held.
+            let sv = self.super_version();
+            self.commit
+                .lock()
+                .frozen_unsynced
+                .retain(|w| sv.imms.iter().any(|m| m.wal_no == w.file_no()));
+        }
         self.keys
             .maintain(self.storage.as_ref(), &self.key_policy())?;
         let in_use = self.keys_in_use();
@@ -1315,11 +1354,10 @@ impl Inner {
 
     /// Writes `next` as the manifest (sealed under the active key) and adopts it.
     fn write_manifest_locked(&self, edit: &mut EditState, next: ManifestState) -> Result<()> {
-        let sealer_key = self.keys.active_sealer().key_id();
         let r = version::write_manifest(self.storage.as_ref(), &self.keys, &next);
-        self.poison_on_err(r)?;
+        let sealed_under = self.poison_on_err(r)?;
         edit.manifest = next;
-        edit.manifest_key_id = sealer_key;
+        edit.manifest_key_id = sealed_under;
         Ok(())
     }
 

@@ -787,9 +787,23 @@ impl KeyRing {
         }
         let _w = self.writer.lock();
         let now = now_secs();
+        // A key is also in use while anything outside the ring holds it: a table build or a
+        // WAL writer still sealing under it, a reader of a table written under it.
+        let mut in_use = in_use.clone();
+        {
+            let inner = self.inner.read();
+            for (id, handle) in &inner.keys {
+                if Arc::strong_count(handle) > 1 {
+                    in_use.insert(*id);
+                }
+            }
+        }
+        let in_use = &in_use;
         let due = |e: &RegistryEntry| match e.state {
             KeyState::InUse => !in_use.contains(&e.id),
-            KeyState::Retired => now.saturating_sub(e.retired_at) >= retention,
+            KeyState::Retired => {
+                !in_use.contains(&e.id) && now.saturating_sub(e.retired_at) >= retention
+            }
             KeyState::Active | KeyState::Destroyed => false,
         };
         let any_due = {

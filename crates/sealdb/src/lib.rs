@@ -13,8 +13,9 @@
 //! never touches a data file; the vault (a TEE-held master key) plugs in as another
 //! [`KeyProvider`].
 //!
-//! Not (yet) here: a value log for large values, key retirement and master-key rotation,
-//! backup/restore. See `ARCHITECTURE.md` for the codemap and invariants and `docs/` for the
+//! Data keys rotate by age and by the number of units sealed, old files are rewritten under
+//! new keys (rekey), unused keys are destroyed (crypto-shredding), and the master key rotates
+//! online. Not (yet) here: a value log for large values, backup/restore. See `ARCHITECTURE.md` for the codemap and invariants and `docs/` for the
 //! byte-level format and the durability rules.
 //!
 //! ```

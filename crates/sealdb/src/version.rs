@@ -110,7 +110,7 @@ pub(crate) fn write_manifest(
     storage: &dyn Storage,
     keys: &KeyRing,
     state: &ManifestState,
-) -> Result<()> {
+) -> Result<u32> {
     let mut body = Vec::new();
     put_varint(&mut body, state.next_file_no);
     put_varint(&mut body, state.log_no);
@@ -145,7 +145,8 @@ pub(crate) fn write_manifest(
         position: 0,
     };
     sealer.seal(place, &body, &mut out)?;
-    write_atomic(storage, MANIFEST, MANIFEST_TMP, &out)
+    write_atomic(storage, MANIFEST, MANIFEST_TMP, &out)?;
+    Ok(sealer.key_id())
 }
 
 /// Writes the manifest of a new, empty store.

@@ -145,7 +145,6 @@ pub(crate) enum Tail {
     Torn(u64),
 }
 
-/// Reads every commit of a WAL file, calling `apply` for each record in order.
 /// What replaying one log found.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Replay {
@@ -156,6 +155,8 @@ pub(crate) struct Replay {
     pub(crate) file_len: u64,
     /// The previous log's number and final length, from this log's link chunk.
     pub(crate) link: Option<(u64, u64)>,
+    /// Every byte after the authentic prefix is zero (space allocated, data never written).
+    pub(crate) zero_tail: bool,
 }
 
 /// Reads every commit of a WAL file, calling `apply` for each record in order and
@@ -207,6 +208,7 @@ pub(crate) fn replay(
         clean_len: offset as u64,
         file_len: buf.len() as u64,
         link,
+        zero_tail: buf[offset.min(buf.len())..].iter().all(|b| *b == 0),
     })
 }
 

@@ -287,3 +287,40 @@ fn corruption_at_the_end_of_a_completed_older_wal_is_an_error_not_a_discard() {
         "{err}"
     );
 }
+
+#[test]
+fn a_deleted_log_in_the_middle_is_an_error() {
+    let mem = MemStorage::new();
+    let opts = Options {
+        background_threads: false,
+        max_immutable_memtables: 8,
+        ..mem_options(&mem, true)
+    };
+    let db = Db::open("", opts.clone()).unwrap();
+    for i in 0..600u32 {
+        db.put(format!("k{i:04}").as_bytes(), &[5u8; 100]).unwrap();
+    }
+    let image = mem.crash_image(|_, _| 0);
+    drop(db);
+    let mut wals: Vec<String> = image
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    wals.sort();
+    assert!(wals.len() >= 3, "{wals:?}");
+    image.remove(&wals[1]).unwrap();
+    let err = Db::open(
+        "",
+        Options {
+            storage: Some(Arc::new(image)),
+            ..opts
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity { file, .. } if *file == wals[2]),
+        "{err}"
+    );
+}
