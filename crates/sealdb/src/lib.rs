@@ -37,6 +37,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod chunk;
 mod codec;
 mod compaction;
 mod db;
