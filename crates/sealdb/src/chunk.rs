@@ -200,7 +200,10 @@ pub(crate) struct Scan {
     pub(crate) zero_tail: bool,
 }
 
-/// Reads a whole file chunk by chunk, calling `visit(offset, plaintext, key_id)`. A failing
+/// Called for each authentic chunk: (offset, end offset, plaintext, key id).
+pub(crate) type Visitor<'a> = dyn FnMut(u64, u64, &[u8], u32) -> Result<()> + 'a;
+
+/// Reads a whole file chunk by chunk, calling `visit(offset, end, plaintext, key_id)`. A failing
 /// chunk with an authentic chunk after it is corruption ([`Error::Integrity`]); one without
 /// is a torn tail, reported in the result.
 pub(crate) fn scan(
@@ -209,7 +212,7 @@ pub(crate) fn scan(
     kind: FileKind,
     name: &str,
     file_no: u64,
-    visit: &mut dyn FnMut(u64, &[u8], u32) -> Result<()>,
+    visit: &mut Visitor<'_>,
 ) -> Result<Scan> {
     let mut buf = storage.read_all(name).map_err(|e| Error::io(name, e))?;
     let c = ChunkAt {
@@ -222,7 +225,7 @@ pub(crate) fn scan(
     while at < buf.len() {
         match open(keys, c, &mut buf, at) {
             Ok((plain, next, key_id)) => {
-                visit(at as u64, &buf[plain], key_id)?;
+                visit(at as u64, next as u64, &buf[plain], key_id)?;
                 at = next;
             }
             Err(reason) => {

@@ -106,7 +106,7 @@ pub(crate) fn pick_rekey(levels: &[Vec<TableMeta>], is_old: &dyn Fn(u32) -> bool
     None
 }
 
-fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
+pub(crate) fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
     let lo = inputs
         .iter()
         .map(|t| t.smallest.as_slice())
@@ -146,6 +146,8 @@ pub(crate) struct Output<'a> {
     /// Polled now and then; when it returns true the merge stops with [`Error::Closed`]
     /// (the caller removes partial outputs).
     pub(crate) cancelled: &'a dyn Fn() -> bool,
+    /// Told of every version the merge drops (value-log discard statistics).
+    pub(crate) dropped: &'a mut dyn FnMut(&Record),
 }
 
 /// Whole tables, forward, without filling the block cache.
@@ -201,6 +203,7 @@ pub(crate) fn run(
             group_key = Some(r.key.clone());
         }
         if !keep(&r, &mut seen_visible, bottom, out.watermark, out.now) {
+            (out.dropped)(&r);
             continue;
         }
         if builder.is_none() {

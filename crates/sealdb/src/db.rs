@@ -6,7 +6,7 @@
 //! - `edit` serializes changes to the tree (flush and compaction installs, manifest writes).
 //! - `sv` guards the current [`SuperVersion`]; readers hold it only to clone an `Arc`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::memtable::Memtable;
 use crate::mvcc::{fingerprint, Oracle};
 use crate::table::{self, BlockCache, Table, TableBuilder, TableMeta};
 use crate::version::{self, ManifestState, Version, MANIFEST, NUM_LEVELS};
+use crate::vlog::{self, Pointer, Unreachable, ValueLog, VlogFile, VlogWriter};
 use crate::wal::{self, WalWriter};
 use crate::{Error, Result};
 
@@ -81,6 +82,14 @@ pub struct Options {
     /// How long a data key no live file uses is kept before its wrapped material is
     /// destroyed (default 1 day).
     pub retired_key_retention: std::time::Duration,
+    /// Values of at least this many bytes go to the value log; the tree holds a 20-byte
+    /// pointer (default 1 KiB).
+    pub value_threshold: usize,
+    /// Size at which a value-log file is closed and a new one started (default 128 MiB).
+    pub value_log_file_size: u64,
+    /// The background thread garbage-collects a value-log file once this share of it is
+    /// unreachable (default 0.5; `None` turns background GC off).
+    pub value_log_gc_ratio: Option<f64>,
     /// The storage backend; `None` uses real files in the directory given to [`Db::open`].
     pub storage: Option<Arc<dyn Storage>>,
 }
@@ -106,6 +115,9 @@ impl Default for Options {
             max_units_per_key: MAX_UNITS_PER_KEY,
             max_key_age: None,
             retired_key_retention: std::time::Duration::from_secs(86_400),
+            value_threshold: 1024,
+            value_log_file_size: 128 << 20,
+            value_log_gc_ratio: Some(0.5),
             storage: None,
         }
     }
@@ -142,11 +154,15 @@ struct CommitState {
     /// Logs of frozen memtables not yet fsynced. A sync request fsyncs them first, so an
     /// acknowledged sync implies every earlier commit is durable.
     frozen_unsynced: Vec<WalWriter>,
+    /// The value-log file large values are appended to (created on the first one).
+    vlog: Option<VlogWriter>,
 }
 
 impl CommitState {
     /// Makes every commit so far durable.
-    fn sync_all(&mut self) -> Result<()> {
+    fn sync_all(&mut self, vlog: &ValueLog, storage: &dyn Storage) -> Result<()> {
+        // Values first: a durable log chunk must never point at a value that is not.
+        vlog.sync_written(storage)?;
         self.sync_frozen()?;
         self.wal.sync()
     }
@@ -190,11 +206,19 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// The first error of a background flush or compaction.
     bg_error: Mutex<Option<Error>>,
-    /// Serialize flushes, and compactions (each may also run from a caller's thread).
+    /// Serialize flushes, compactions and value-log GC (each may also run from a caller's
+    /// thread).
     flush_mutex: Mutex<()>,
     compact_mutex: Mutex<()>,
+    gc_mutex: Mutex<()>,
+    /// Number of the value-log file being appended to (0: none yet).
+    active_vlog: AtomicU64,
     /// WAL tails discarded at open (torn writes): file, offset, bytes.
     discarded_tails: Vec<(String, u64, u64)>,
+    pub(crate) vlog: ValueLog,
+    /// Garbage-collected value-log files and the commit timestamp of their rewrite: deleted
+    /// once no snapshot reads below it.
+    vlog_pending_delete: Mutex<Vec<(u64, u64)>>,
     stall_count: AtomicU64,
     compactions: AtomicU64,
     _lock: Option<std::fs::File>,
@@ -302,6 +326,77 @@ fn probe(storage: &dyn Storage, opts: &Options) -> Result<Found> {
     }
 }
 
+/// Loads the value-log files: finishes deletions a crash interrupted, checks that every live
+/// file is there, and scans the files not known complete (written since the last manifest),
+/// cutting a torn tail. Returns the value log and, for scanned files, their authentic length.
+fn recover_value_log(
+    storage: &dyn Storage,
+    keys: &KeyRing,
+    manifest: &ManifestState,
+    names: &[String],
+    max_file_no: &mut u64,
+) -> Result<(ValueLog, BTreeMap<u64, u64>)> {
+    let mut files = manifest.vlogs.clone();
+    for (no, f) in manifest.vlogs.iter() {
+        let name = vlog::file_name(*no);
+        match f.state {
+            vlog::FileState::Deleting => {
+                if storage.exists(&name) {
+                    storage.remove(&name).map_err(|e| Error::io(&name, e))?;
+                }
+                files.remove(no);
+            }
+            vlog::FileState::Live if f.complete && !storage.exists(&name) => {
+                return Err(Error::integrity(
+                    name,
+                    0,
+                    "a value-log file named by the manifest is missing",
+                ));
+            }
+            vlog::FileState::Live => {}
+        }
+    }
+    for name in names {
+        if let Some(no) = parse_file_no(name, ".vlog") {
+            *max_file_no = (*max_file_no).max(no + 1);
+            files.entry(no).or_insert_with(|| VlogFile {
+                size: 0,
+                discard: 0,
+                key_ids: Vec::new(),
+                state: vlog::FileState::Live,
+                complete: false,
+            });
+        }
+    }
+    let mut scanned = BTreeMap::new();
+    for (no, f) in files.iter_mut().filter(|(_, f)| !f.complete) {
+        let name = vlog::file_name(*no);
+        if !storage.exists(&name) {
+            scanned.insert(*no, 0);
+            continue;
+        }
+        let mut key_ids: Vec<u32> = Vec::new();
+        let scan = ValueLog::scan(storage, keys, *no, &mut |_, _, key_id| {
+            if !key_ids.contains(&key_id) {
+                key_ids.push(key_id);
+            }
+            Ok(())
+        })?;
+        if scan.clean_len < scan.file_len {
+            // A torn tail of the file being appended to when the process stopped: cut it, so
+            // the file is whole again (offsets of the entries before it do not change).
+            let mut bytes = storage.read_all(&name).map_err(|e| Error::io(&name, e))?;
+            bytes.truncate(scan.clean_len as usize);
+            version::write_atomic(storage, &name, &format!("{name}.tmp"), &bytes)?;
+        }
+        f.size = scan.clean_len;
+        f.key_ids = key_ids;
+        f.complete = true;
+        scanned.insert(*no, scan.clean_len);
+    }
+    Ok((ValueLog::new(files), scanned))
+}
+
 fn parse_file_no(name: &str, ext: &str) -> Option<u64> {
     let stem = name.strip_suffix(ext)?;
     (stem.len() >= 6 && stem.bytes().all(|b| b.is_ascii_digit()))
@@ -384,6 +479,8 @@ impl Db {
 
         let names = storage.list().map_err(|e| Error::io(".", e))?;
         let mut max_file_no = manifest.next_file_no;
+        let (vlog, scanned_vlogs) =
+            recover_value_log(storage.as_ref(), &keys, &manifest, &names, &mut max_file_no)?;
         let mut wals = Vec::new();
         for name in &names {
             if let Some(n) = parse_file_no(name, ".wal") {
@@ -457,6 +554,39 @@ impl Db {
             }
             imms.push(Arc::new(mem));
         }
+        // Pointers recovered from the logs must reach values that survived the crash. A value
+        // lost with an unsynced tail takes its commit and every later one with it (the
+        // recovered state stays a prefix of the commit order).
+        let mut lost_from_ts = u64::MAX;
+        for m in &imms {
+            m.for_each(|r| {
+                if r.kind == Kind::Pointer {
+                    let ptr = Pointer::decode(r.value).ok_or_else(|| {
+                        Error::integrity(wal::file_name(m.wal_no), 0, "malformed value pointer")
+                    })?;
+                    if let Some(clean) = scanned_vlogs.get(&ptr.file_no) {
+                        if ptr.offset + u64::from(ptr.len) > *clean {
+                            lost_from_ts = lost_from_ts.min(r.ts);
+                        }
+                    } else if !vlog.files().contains_key(&ptr.file_no) {
+                        lost_from_ts = lost_from_ts.min(r.ts);
+                    }
+                }
+                Ok::<(), Error>(())
+            })?;
+        }
+        if lost_from_ts != u64::MAX {
+            let mut dropped = 0;
+            for m in &imms {
+                dropped += m.remove_from_ts(lost_from_ts);
+            }
+            discarded_tails.push((
+                format!("{dropped} recovered entries whose values were lost (from commit {lost_from_ts})"),
+                0,
+                0,
+            ));
+            imms.retain(|m| !m.is_empty());
+        }
         // Obsolete files: tables not in the manifest (an unfinished flush or compaction),
         // logs already in tables, temporary files.
         for name in &names {
@@ -491,6 +621,7 @@ impl Db {
             commit: Mutex::new(CommitState {
                 wal,
                 frozen_unsynced: Vec::new(),
+                vlog: None,
             }),
             edit: Mutex::new(EditState {
                 manifest,
@@ -506,7 +637,11 @@ impl Db {
             bg_error: Mutex::new(None),
             flush_mutex: Mutex::new(()),
             compact_mutex: Mutex::new(()),
+            gc_mutex: Mutex::new(()),
+            active_vlog: AtomicU64::new(0),
             discarded_tails,
+            vlog,
+            vlog_pending_delete: Mutex::new(Vec::new()),
             stall_count: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             opts,
@@ -556,7 +691,11 @@ impl Db {
         }
         let mut result = Ok(());
         if !inner.is_poisoned() {
-            let c = inner.commit.lock();
+            let mut c = inner.commit.lock();
+            // Nothing more is appended to the value log: the final manifest records it whole.
+            if let Some(w) = c.vlog.take() {
+                inner.vlog.set_complete(w.file_no());
+            }
             if !inner.sv.read().mem.is_empty() {
                 let mut c = c;
                 if let Err(e) = inner.rotate_memtable(&mut c) {
@@ -572,6 +711,12 @@ impl Db {
         }
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
+        }
+        if !inner.is_poisoned() {
+            // No snapshot is left: collected value-log files can go.
+            if let Err(e) = inner.delete_collected() {
+                result = result.and(Err(e));
+            }
         }
         if !inner.opts.background_threads && result.is_ok() && !inner.is_poisoned() {
             while inner.flush_one()? {}
@@ -688,7 +833,7 @@ impl Db {
     pub fn sync(&self) -> Result<()> {
         let mut c = self.inner.commit.lock();
         self.inner.check()?;
-        let r = c.sync_all();
+        let r = c.sync_all(&self.inner.vlog, self.inner.storage.as_ref());
         self.inner.poison_on_err(r)
     }
 
@@ -754,6 +899,34 @@ impl Db {
             report.tasks += 1;
             report.bytes_rewritten += bytes;
         }
+        // Value-log files under old keys: close the one being appended to (it may hold chunks
+        // under an old key), then collect every file that has an old key, whatever its ratio.
+        {
+            let mut c = inner.commit.lock();
+            if let Some(w) = c.vlog.take() {
+                inner.vlog.set_complete(w.file_no());
+                inner.active_vlog.store(0, Ordering::Release);
+            }
+        }
+        {
+            let _serial = inner.gc_mutex.lock();
+            let created = inner.keys.creation_times();
+            let active = inner.keys.active_sealer().key_id();
+            let old = |id: &u32| *id != active && created.get(id).is_none_or(|c| *c <= cutoff);
+            let files: Vec<u64> = inner
+                .vlog
+                .files()
+                .into_iter()
+                .filter(|(_, f)| f.state == vlog::FileState::Live && f.key_ids.iter().any(old))
+                .map(|(no, _)| no)
+                .collect();
+            for no in files {
+                let (_, bytes) = inner.gc_file(no)?;
+                report.vlog_files += 1;
+                report.bytes_rewritten += bytes;
+            }
+            inner.delete_collected()?;
+        }
         {
             let mut edit = inner.edit.lock();
             let mut next = edit.manifest.clone();
@@ -763,6 +936,51 @@ impl Db {
         }
         inner.after_tree_change()?;
         report.keys_in_use = inner.keys_in_use().into_iter().collect();
+        Ok(report)
+    }
+
+    /// Compacts every level down into one (like Badger's Flatten): all versions no snapshot
+    /// needs are dropped, which also completes the value log's discard statistics.
+    pub fn flatten(&self) -> Result<()> {
+        self.flush()?;
+        let inner = &self.inner;
+        loop {
+            let _serial = inner.compact_mutex.lock();
+            let metas = inner.super_version().version.metas();
+            let Some(level) = (0..NUM_LEVELS - 1).find(|l| {
+                !metas[*l].is_empty() && metas[l + 1..].iter().any(|m| !m.is_empty())
+                    || (*l == 0 && !metas[0].is_empty())
+            }) else {
+                return Ok(());
+            };
+            let task = compaction::make_task(&metas, level, metas[level].iter().collect());
+            if !inner.run_task(task)? {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    /// Garbage-collects the value log: rewrites the live entries of the file with the most
+    /// unreachable bytes (if at least `ratio` of it is unreachable) under the active key,
+    /// durably, and deletes the file once no snapshot can reach it. Repeat until it reports
+    /// no file to collect.
+    pub fn run_value_log_gc(&self, ratio: f64) -> Result<crate::GcReport> {
+        let inner = &self.inner;
+        inner.check()?;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::InvalidArgument(
+                "GC ratio must be within 0.0 ..= 1.0",
+            ));
+        }
+        let _serial = inner.gc_mutex.lock();
+        let mut report = crate::GcReport::default();
+        if let Some(no) = inner.gc_candidates(ratio).first() {
+            let (entries, bytes) = inner.gc_file(*no)?;
+            report.files_collected = 1;
+            report.entries_rewritten = entries;
+            report.bytes_rewritten = bytes;
+        }
+        report.files_deleted = inner.delete_collected()?;
         Ok(report)
     }
 
@@ -865,8 +1083,18 @@ impl Inner {
         }
         self.refresh_wal_key(&mut c);
         let sync = sync || self.opts.sync_writes;
-        if sync && !c.frozen_unsynced.is_empty() {
-            let r = c.sync_frozen();
+        if let Err(e) = self.values_to_vlog(&mut c, &mut records) {
+            self.oracle.abandon_commit(ts);
+            if matches!(e, Error::Io { .. }) {
+                return self.poison_on_err(Err(e));
+            }
+            return Err(e);
+        }
+        if sync {
+            let r = self
+                .vlog
+                .sync_written(self.storage.as_ref())
+                .and_then(|()| c.sync_frozen());
             if let Err(e) = self.poison_on_err(r) {
                 self.oracle.abandon_commit(ts);
                 return Err(e);
@@ -938,8 +1166,58 @@ impl Inner {
         }
         let sealer = self.keys.active_sealer();
         if sealer.key_id() != c.wal.key_id() {
-            c.wal.set_sealer(sealer);
+            c.wal.set_sealer(sealer.clone());
         }
+        if let Some(v) = &mut c.vlog {
+            if v.key_id() != sealer.key_id() {
+                v.set_sealer(sealer);
+            }
+        }
+    }
+
+    /// Moves values of at least `value_threshold` bytes to the value log; their records then
+    /// hold pointers. Runs under the commit lock, after timestamps are assigned.
+    fn values_to_vlog(&self, c: &mut CommitState, records: &mut [Record]) -> Result<()> {
+        for r in records.iter_mut() {
+            if r.kind != Kind::Put || r.value.len() < self.opts.value_threshold {
+                continue;
+            }
+            let full = c
+                .vlog
+                .as_ref()
+                .is_none_or(|v| v.len() >= self.opts.value_log_file_size);
+            if full {
+                let no = self.alloc_file_no();
+                let w = VlogWriter::create(self.storage.as_ref(), no, self.keys.active_sealer())?;
+                self.active_vlog.store(no, Ordering::Release);
+                if let Some(old) = c.vlog.replace(w) {
+                    // Nothing more is appended to it; fsyncs go through `sync_written`.
+                    self.vlog.set_complete(old.file_no());
+                }
+            }
+            let w = c.vlog.as_mut().expect("created above");
+            let ptr = w.append(&r.key, r.ts, r.expires_at, &r.value)?;
+            self.vlog
+                .note_write(ptr.file_no, ptr.offset + u64::from(ptr.len), w.key_id());
+            r.value = ptr.encode();
+            r.kind = Kind::Pointer;
+        }
+        Ok(())
+    }
+
+    /// Replaces a pointer record's value by the value it points to.
+    pub(crate) fn resolve(&self, mut r: Record) -> Result<Record> {
+        if r.kind != Kind::Pointer {
+            return Ok(r);
+        }
+        let ptr = Pointer::decode(&r.value)
+            .ok_or_else(|| Error::integrity("table or WAL", 0, "malformed value pointer"))?;
+        r.value = self
+            .vlog
+            .read(self.storage.as_ref(), &self.keys, ptr, &r.key, r.ts)
+            .map_err(Unreachable::into_error)?;
+        r.kind = Kind::Put;
+        Ok(r)
     }
 
     fn rotate_memtable(&self, c: &mut CommitState) -> Result<()> {
@@ -972,9 +1250,18 @@ impl Inner {
 
     /// The newest version of `key` visible at `read_ts`, if live.
     pub(crate) fn get_at(&self, key: &[u8], read_ts: u64) -> Result<Option<Record>> {
-        let sv = self.super_version();
         let now = now_secs();
-        let found = |r: Record| Ok(Some(r).filter(|r| r.is_live(now)));
+        match self.find_version(key, read_ts)? {
+            Some(r) if r.is_live(now) => self.resolve(r).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The newest version of `key` at or below `read_ts`, as stored (tombstones, expired
+    /// entries and pointers included).
+    fn find_version(&self, key: &[u8], read_ts: u64) -> Result<Option<Record>> {
+        let sv = self.super_version();
+        let found = |r: Record| Ok(Some(r));
         if let Some(r) = sv.mem.get(key, read_ts) {
             return found(r);
         }
@@ -1001,7 +1288,7 @@ impl Inner {
     }
 
     pub(crate) fn iter_at(
-        &self,
+        self: &Arc<Self>,
         mark: Arc<crate::mvcc::ReadMark>,
         opts: crate::IterOptions,
         pending: Vec<Record>,
@@ -1039,7 +1326,13 @@ impl Inner {
             }
         }
         let merge = Merge::new(sources, bounds.reverse);
-        Ok(crate::txn::Iter::new(merge, mark, now_secs(), reads))
+        Ok(crate::txn::Iter::new(
+            merge,
+            mark,
+            now_secs(),
+            reads,
+            self.clone(),
+        ))
     }
 
     fn flush_loop(self: Arc<Self>) {
@@ -1141,6 +1434,180 @@ impl Inner {
         Ok(true)
     }
 
+    /// Value-log files worth collecting: at least `ratio` of their bytes unreachable, not
+    /// the file being appended to. Best first.
+    fn gc_candidates(&self, ratio: f64) -> Vec<u64> {
+        // An atomic, not the commit lock: the background thread asks while holding `bg`.
+        let active = Some(self.active_vlog.load(Ordering::Acquire));
+        let mut c: Vec<(f64, u64)> = self
+            .vlog
+            .files()
+            .into_iter()
+            .filter(|(no, f)| {
+                Some(*no) != active && f.state == vlog::FileState::Live && f.complete && f.size > 0
+            })
+            .map(|(no, f)| (f.discard as f64 / f.size as f64, no))
+            .filter(|(r, _)| *r >= ratio)
+            .collect();
+        c.sort_by(|a, b| b.0.total_cmp(&a.0));
+        c.into_iter().map(|(_, no)| no).collect()
+    }
+
+    /// Whether the newest version of `key` is the value at `ptr`.
+    fn points_here(&self, key: &[u8], ptr: Pointer) -> Result<bool> {
+        let Some(r) = self.find_version(key, self.oracle.visible())? else {
+            return Ok(false);
+        };
+        Ok(r.kind == Kind::Pointer
+            && r.is_live(now_secs())
+            && Pointer::decode(&r.value) == Some(ptr))
+    }
+
+    /// Rewrites the live entries of value-log file `no` under the active key, durably, then
+    /// queues the file for deletion. Returns (entries, bytes) rewritten.
+    fn gc_file(&self, no: u64) -> Result<(u64, u64)> {
+        type Live = (Pointer, Vec<u8>, u64, Vec<u8>);
+        let mut batch: Vec<Live> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        ValueLog::scan(self.storage.as_ref(), &self.keys, no, &mut |ptr, e, _| {
+            if self.points_here(e.key, ptr)? {
+                batch_bytes += e.value.len();
+                batch.push((ptr, e.key.to_vec(), e.expires_at, e.value.to_vec()));
+                if batch_bytes >= 4 << 20 {
+                    let (n, b) = self.gc_rewrite(std::mem::take(&mut batch))?;
+                    entries += n;
+                    bytes += b;
+                    batch_bytes = 0;
+                }
+            }
+            Ok(())
+        })?;
+        let (n, b) = self.gc_rewrite(batch)?;
+        entries += n;
+        bytes += b;
+        self.vlog_pending_delete
+            .lock()
+            .push((no, self.oracle.visible()));
+        Ok((entries, bytes))
+    }
+
+    /// Commits live value-log entries again (new timestamp, same value), each only if its
+    /// key still points at the old entry, and makes the commit durable.
+    fn gc_rewrite(&self, batch: Vec<(Pointer, Vec<u8>, u64, Vec<u8>)>) -> Result<(u64, u64)> {
+        if batch.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut c = self.commit.lock();
+        self.check()?;
+        let mut records = Vec::new();
+        for (ptr, key, expires_at, value) in batch {
+            // A write that superseded the entry since the scan wins.
+            if self.points_here(&key, ptr)? {
+                records.push(make_record(&key, Kind::Put, &value, expires_at));
+            }
+        }
+        if records.is_empty() {
+            return Ok((0, 0));
+        }
+        let ts = self.oracle.prepare_commit(None).ok_or(Error::Conflict)?;
+        let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+        for r in &mut records {
+            r.ts = ts;
+        }
+        self.refresh_wal_key(&mut c);
+        let written = self
+            .values_to_vlog(&mut c, &mut records)
+            .and_then(|()| self.vlog.sync_written(self.storage.as_ref()))
+            .and_then(|()| c.sync_frozen())
+            .and_then(|()| c.wal.append(&records, true));
+        if let Err(e) = written {
+            self.oracle.abandon_commit(ts);
+            return self.poison_on_err(Err(e));
+        }
+        let n = records.len() as u64;
+        let mem = self.sv.read().mem.clone();
+        mem.note_wal_key(c.wal.key_id());
+        for r in records {
+            mem.insert(r);
+        }
+        self.oracle.finish_commit(ts, Vec::new());
+        if mem.size() >= self.opts.memtable_size {
+            let _ = self.rotate_memtable(&mut c);
+        }
+        Ok((n, bytes))
+    }
+
+    /// Deletes collected value-log files no snapshot can reach any more: first the manifest
+    /// marks them deleting (so a crash finishes the job), then they are removed.
+    fn delete_collected(&self) -> Result<u64> {
+        let watermark = self.oracle.watermark();
+        let due: Vec<u64> = {
+            let mut pending = self.vlog_pending_delete.lock();
+            let due = pending
+                .iter()
+                .filter(|(_, ts)| *ts <= watermark)
+                .map(|(no, _)| *no)
+                .collect();
+            pending.retain(|(_, ts)| *ts > watermark);
+            due
+        };
+        if due.is_empty() {
+            return Ok(0);
+        }
+        for no in &due {
+            self.vlog.set_state(*no, vlog::FileState::Deleting);
+        }
+        {
+            let mut edit = self.edit.lock();
+            let mut next = edit.manifest.clone();
+            next.generation += 1;
+            next.next_file_no = self.next_file_no.load(Ordering::SeqCst);
+            self.write_manifest_locked(&mut edit, next)?;
+        }
+        for no in &due {
+            let name = vlog::file_name(*no);
+            match self.storage.remove(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return self.poison_on_err(Err(Error::io(name, e))),
+            }
+            self.vlog.forget(*no);
+        }
+        let synced = self.storage.sync_dir().map_err(|e| Error::io(".", e));
+        self.poison_on_err(synced)?;
+        Ok(due.len() as u64)
+    }
+
+    fn gc_due(&self) -> bool {
+        let watermark = self.oracle.watermark();
+        self.vlog_pending_delete
+            .lock()
+            .iter()
+            .any(|(_, ts)| *ts <= watermark)
+            || self
+                .opts
+                .value_log_gc_ratio
+                .is_some_and(|r| !self.gc_candidates(r).is_empty())
+    }
+
+    /// One background GC step: collect the best candidate file, delete what is due.
+    fn background_gc(&self) -> Result<bool> {
+        let _serial = self.gc_mutex.lock();
+        let deleted = self.delete_collected()?;
+        let Some(ratio) = self.opts.value_log_gc_ratio else {
+            return Ok(deleted > 0);
+        };
+        match self.gc_candidates(ratio).first() {
+            Some(no) => {
+                self.gc_file(*no)?;
+                self.delete_collected()?;
+                Ok(true)
+            }
+            None => Ok(deleted > 0),
+        }
+    }
+
     fn compaction_loop(self: Arc<Self>) {
         loop {
             {
@@ -1149,7 +1616,7 @@ impl Inner {
                     if self.is_poisoned() || bg.closing {
                         return;
                     }
-                    if self.next_task().is_some() {
+                    if self.next_task().is_some() || self.gc_due() {
                         bg.compaction_busy = true;
                         break;
                     }
@@ -1158,7 +1625,11 @@ impl Inner {
                         .wait_for(&mut bg, std::time::Duration::from_secs(1));
                 }
             }
-            let r = self.compact_one();
+            // Compaction first; value-log GC only when the tree needs nothing.
+            let r = match self.compact_one() {
+                Ok(false) => self.background_gc().map(|_| ()),
+                other => other.map(|_| ()),
+            };
             if let Err(e) = r {
                 self.record_background_error(e);
             }
@@ -1237,6 +1708,13 @@ impl Inner {
                     watermark: self.oracle.watermark(),
                     now: now_secs(),
                     cancelled: &|| self.closing.load(Ordering::Acquire),
+                    dropped: &mut |r: &Record| {
+                        if r.kind == Kind::Pointer {
+                            if let Some(p) = Pointer::decode(&r.value) {
+                                self.vlog.add_discard(p.file_no, u64::from(p.len));
+                            }
+                        }
+                    },
                 },
             );
             if matches!(metas, Err(Error::Closed)) {
@@ -1316,6 +1794,9 @@ impl Inner {
             ids.extend(m.wal_key_ids());
         }
         ids.insert(self.edit.lock().manifest_key_id);
+        for f in self.vlog.files().values() {
+            ids.extend(f.key_ids.iter().copied());
+        }
         ids
     }
 
@@ -1353,7 +1834,12 @@ impl Inner {
     }
 
     /// Writes `next` as the manifest (sealed under the active key) and adopts it.
-    fn write_manifest_locked(&self, edit: &mut EditState, next: ManifestState) -> Result<()> {
+    fn write_manifest_locked(&self, edit: &mut EditState, mut next: ManifestState) -> Result<()> {
+        // Tables about to be named may point into the value log: its data is durable first.
+        // Only then may the manifest call a file complete.
+        let synced = self.vlog.sync_written(self.storage.as_ref());
+        self.poison_on_err(synced)?;
+        next.vlogs = self.vlog.files();
         let r = version::write_manifest(self.storage.as_ref(), &self.keys, &next);
         let sealed_under = self.poison_on_err(r)?;
         edit.manifest = next;
@@ -1364,6 +1850,7 @@ impl Inner {
     fn encryption_status(&self) -> crate::EncryptionStatus {
         let sv = self.super_version();
         let manifest_key = self.edit.lock().manifest_key_id;
+        let vlog_files = self.vlog.files();
         let now = now_secs();
         let mut keys = Vec::new();
         for k in self.keys.key_infos() {
@@ -1375,7 +1862,11 @@ impl Inner {
             let wals = std::iter::once(&sv.mem)
                 .chain(sv.imms.iter())
                 .filter(|m| m.wal_key_ids().contains(&k.id))
-                .count();
+                .count()
+                + vlog_files
+                    .values()
+                    .filter(|f| f.key_ids.contains(&k.id))
+                    .count();
             keys.push(crate::KeyStatus {
                 id: k.id,
                 created: k.created,
@@ -1441,6 +1932,17 @@ impl Inner {
             pinned_index_filter_bytes: pinned,
             last_commit_ts: self.oracle.visible(),
             write_stalls: self.stall_count.load(Ordering::Relaxed),
+            value_log_files: self
+                .vlog
+                .files()
+                .into_iter()
+                .map(|(no, f)| crate::ValueLogFileInfo {
+                    file: vlog::file_name(no),
+                    bytes: f.size,
+                    discardable_bytes: f.discard,
+                    key_ids: f.key_ids,
+                })
+                .collect(),
             discarded_wal_tails: self
                 .discarded_tails
                 .iter()
@@ -1505,6 +2007,32 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
                 report.wal_files += 1;
                 report.files.push(name);
             }
+        } else if let Some(n) = parse_file_no(&name, ".vlog") {
+            let mut entries = 0u64;
+            let scan = ValueLog::scan(storage.as_ref(), &keys, n, &mut |_, _, _| {
+                entries += 1;
+                Ok(())
+            })?;
+            if let crate::chunk::Tail::Torn(at) = scan.tail {
+                return Err(Error::integrity(
+                    name,
+                    at,
+                    "last value-log entry is incomplete or fails authentication (a torn tail is cut on the next open)",
+                ));
+            }
+            report.vlog_files += 1;
+            report.vlog_entries += entries;
+            report.files.push(name);
+        }
+    }
+    for (no, f) in &manifest.vlogs {
+        let name = vlog::file_name(*no);
+        if f.state == vlog::FileState::Live && f.complete && !storage.exists(&name) {
+            return Err(Error::integrity(
+                name,
+                0,
+                "a value-log file named by the manifest is missing",
+            ));
         }
     }
     Ok(report)

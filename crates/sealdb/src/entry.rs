@@ -13,6 +13,8 @@ use crate::codec::{put_len_prefixed, put_varint, DecodeError, Reader};
 pub(crate) enum Kind {
     Put = 1,
     Delete = 2,
+    /// The value is a value-log pointer (see `vlog::Pointer`).
+    Pointer = 3,
 }
 
 /// One version of one key.
@@ -61,7 +63,7 @@ impl Record {
 
     /// Whether the entry reads as present at `now` (Unix seconds).
     pub(crate) fn is_live(&self, now: u64) -> bool {
-        self.kind == Kind::Put && (self.expires_at == 0 || self.expires_at > now)
+        self.kind != Kind::Delete && (self.expires_at == 0 || self.expires_at > now)
     }
 }
 
@@ -85,6 +87,7 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<RecordRef<'a>, DecodeErro
     let kind = match r.u8("entry kind")? {
         1 => Kind::Put,
         2 => Kind::Delete,
+        3 => Kind::Pointer,
         _ => {
             return Err(DecodeError {
                 at,

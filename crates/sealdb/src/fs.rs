@@ -66,6 +66,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Makes creations, renames and removals durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Makes a file's contents durable, through a handle of its own (the file may be open
+    /// for appending elsewhere; data handed to the OS by that writer is included).
+    fn sync_file(&self, name: &str) -> io::Result<()>;
     /// A human-readable location (for error messages).
     fn location(&self) -> PathBuf;
 }
@@ -159,6 +162,9 @@ impl Storage for StdStorage {
     }
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        File::open(self.dir.join(name))?.sync_data()
     }
     fn location(&self) -> PathBuf {
         self.dir.clone()
@@ -348,6 +354,13 @@ impl Storage for MemStorage {
         self.tick()?;
         let mut dir = self.dir.lock();
         dir.durable = dir.live.clone();
+        Ok(())
+    }
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        self.tick()?;
+        let dir = self.dir.lock();
+        let mut f = dir.live.get(name).ok_or_else(|| not_found(name))?.lock();
+        f.synced = f.data.len();
         Ok(())
     }
     fn location(&self) -> PathBuf {

@@ -36,6 +36,7 @@ pub(crate) enum FileKind {
     Wal = 1,
     Table = 2,
     Manifest = 3,
+    ValueLog = 4,
 }
 
 /// Where a unit lives: bound into its AAD, so a unit moved anywhere else fails.

@@ -54,6 +54,7 @@ mod sys;
 mod table;
 mod txn;
 mod version;
+mod vlog;
 mod wal;
 
 pub use db::{verify_store, Db, Options, MAX_KEY_SIZE, MAX_UNITS_PER_KEY, MAX_VALUE_SIZE};
@@ -95,9 +96,25 @@ pub struct StoreInfo {
     pub write_stalls: u64,
     /// Compactions run since open.
     pub compactions: u64,
+    /// Value-log files: size, bytes no live version points to, keys.
+    pub value_log_files: Vec<ValueLogFileInfo>,
     /// Incomplete or unauthentic WAL tails discarded when the store was opened (a crash
     /// during a write that was not yet synced leaves one).
     pub discarded_wal_tails: Vec<String>,
+}
+
+/// One value-log file.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ValueLogFileInfo {
+    /// File name.
+    pub file: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// Bytes of entries no live version points to (reclaimable by GC).
+    pub discardable_bytes: u64,
+    /// Data keys its entries are sealed under.
+    pub key_ids: Vec<u32>,
 }
 
 /// One level of the tree.
@@ -164,14 +181,30 @@ pub struct KeyStatus {
     pub live_table_bytes: u64,
 }
 
+/// What [`Db::run_value_log_gc`] did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Value-log files whose live entries were rewritten (0: nothing worth collecting).
+    pub files_collected: u64,
+    /// Entries rewritten.
+    pub entries_rewritten: u64,
+    /// Value bytes rewritten.
+    pub bytes_rewritten: u64,
+    /// Files deleted (a collected file waits until no snapshot can reach it).
+    pub files_deleted: u64,
+}
+
 /// What [`Db::rekey`] did.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct RekeyReport {
     /// Compaction tasks run to rewrite old tables.
     pub tasks: u64,
-    /// Bytes of tables rewritten.
+    /// Bytes of tables and values rewritten.
     pub bytes_rewritten: u64,
+    /// Value-log files collected because they held entries under old keys.
+    pub vlog_files: u64,
     /// Key ids live files use afterwards.
     pub keys_in_use: Vec<u32>,
 }
@@ -190,6 +223,10 @@ pub struct VerifyReport {
     pub wal_files: u64,
     /// WAL records authenticated.
     pub wal_records: u64,
+    /// Value-log files read.
+    pub vlog_files: u64,
+    /// Value-log entries authenticated.
+    pub vlog_entries: u64,
     /// Every file read and authenticated (key registry, manifest, tables, logs). Files in
     /// the directory but not listed are not part of the store's state (for example a table
     /// left by an interrupted compaction; the next open removes it).

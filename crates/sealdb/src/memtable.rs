@@ -39,6 +39,20 @@ impl Memtable {
         }
     }
 
+    /// Removes every entry with a timestamp at or above `ts`; returns how many.
+    pub(crate) fn remove_from_ts(&self, ts: u64) -> usize {
+        let doomed: Vec<InternalKey> = self
+            .map
+            .iter()
+            .filter(|e| e.key().ts >= ts)
+            .map(|e| e.key().clone())
+            .collect();
+        for k in &doomed {
+            self.map.remove(k);
+        }
+        doomed.len()
+    }
+
     /// Records that the WAL now also holds chunks sealed under `key_id`.
     pub(crate) fn note_wal_key(&self, key_id: u32) {
         let mut keys = self.wal_keys.lock();

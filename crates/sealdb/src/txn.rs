@@ -357,6 +357,8 @@ pub struct KeyValue {
 /// iteration (no further items are returned after an error).
 pub struct Iter {
     view: SnapshotView,
+    /// Follows value-log pointers.
+    inner: Arc<crate::db::Inner>,
     _mark: Arc<ReadMark>,
     reads: Option<Arc<Mutex<Vec<u64>>>>,
     failed: bool,
@@ -374,9 +376,11 @@ impl Iter {
         mark: Arc<ReadMark>,
         now: u64,
         reads: Option<Arc<Mutex<Vec<u64>>>>,
+        inner: Arc<crate::db::Inner>,
     ) -> Self {
         Iter {
             view: SnapshotView::new(merge, mark.read_ts, now),
+            inner,
             _mark: mark,
             reads,
             failed: false,
@@ -391,7 +395,8 @@ impl Iterator for Iter {
         if self.failed {
             return None;
         }
-        match self.view.next_visible() {
+        let next = self.view.next_visible();
+        match next.and_then(|r| r.map(|r| self.inner.resolve(r)).transpose()) {
             Ok(Some(r)) => {
                 if let Some(reads) = &self.reads {
                     reads.lock().push(fingerprint(&r.key));

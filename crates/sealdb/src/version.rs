@@ -14,7 +14,9 @@ use crate::codec::{put_len_prefixed, put_varint, DecodeError, Reader};
 use crate::fs::Storage;
 use crate::keys::{FileKind, KeyRing, Place, StoreId, FORMAT_VERSION};
 use crate::table::{Table, TableMeta};
+use crate::vlog::{FileState, VlogFile};
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
@@ -51,6 +53,8 @@ pub(crate) struct ManifestState {
     pub(crate) levels: Vec<Vec<TableMeta>>,
     /// Key id the file read was sealed under (`None` for a state not read from disk).
     pub(crate) sealed_key_id: Option<u32>,
+    /// Value-log files.
+    pub(crate) vlogs: BTreeMap<u64, VlogFile>,
 }
 
 /// The plaintext header fields.
@@ -128,6 +132,21 @@ pub(crate) fn write_manifest(
             put_varint(&mut body, t.max_ts);
         }
     }
+    put_varint(&mut body, state.vlogs.len() as u64);
+    for (no, f) in &state.vlogs {
+        put_varint(&mut body, *no);
+        put_varint(&mut body, f.size);
+        put_varint(&mut body, f.discard);
+        body.push(match f.state {
+            FileState::Live => 1,
+            FileState::Deleting => 2,
+        });
+        body.push(u8::from(f.complete));
+        put_varint(&mut body, f.key_ids.len() as u64);
+        for k in &f.key_ids {
+            put_varint(&mut body, u64::from(*k));
+        }
+    }
     let sealer = keys.active_sealer();
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 32);
     out.extend_from_slice(MAGIC);
@@ -158,6 +177,7 @@ pub(crate) fn write_new_manifest(storage: &dyn Storage, keys: &KeyRing) -> Resul
         last_ts: 0,
         levels: vec![Vec::new(); NUM_LEVELS],
         sealed_key_id: None,
+        vlogs: BTreeMap::new(),
     };
     write_manifest(storage, keys, &m)?;
     Ok(m)
@@ -241,11 +261,40 @@ pub(crate) fn decode_body(b: &[u8]) -> std::result::Result<ManifestState, Decode
         }
         levels.push(level);
     }
+    let bad = |r: &Reader<'_>, what| DecodeError { at: r.pos(), what };
+    let mut vlogs = BTreeMap::new();
+    for _ in 0..r.varint("value-log file count")? {
+        let no = r.varint("value-log file number")?;
+        let size = r.varint("value-log file size")?;
+        let discard = r.varint("value-log discard bytes")?;
+        let state = match r.u8("value-log file state")? {
+            1 => FileState::Live,
+            2 => FileState::Deleting,
+            _ => return Err(bad(&r, "unknown value-log file state")),
+        };
+        let complete = match r.u8("value-log completeness")? {
+            0 => false,
+            1 => true,
+            _ => return Err(bad(&r, "bad value-log completeness flag")),
+        };
+        let mut key_ids = Vec::new();
+        for _ in 0..r.varint("value-log key count")? {
+            let k = r.varint("value-log key id")?;
+            key_ids.push(u32::try_from(k).map_err(|_| bad(&r, "value-log key id"))?);
+        }
+        vlogs.insert(
+            no,
+            VlogFile {
+                size,
+                discard,
+                key_ids,
+                state,
+                complete,
+            },
+        );
+    }
     if !r.is_empty() {
-        return Err(DecodeError {
-            at: r.pos(),
-            what: "trailing bytes in the manifest",
-        });
+        return Err(bad(&r, "trailing bytes in the manifest"));
     }
     Ok(ManifestState {
         generation: 0,
@@ -254,6 +303,7 @@ pub(crate) fn decode_body(b: &[u8]) -> std::result::Result<ManifestState, Decode
         last_ts,
         levels,
         sealed_key_id: None,
+        vlogs,
     })
 }
 
@@ -306,6 +356,7 @@ mod tests {
             last_ts: 99,
             levels: vec![Vec::new(); NUM_LEVELS],
             sealed_key_id: None,
+            vlogs: BTreeMap::new(),
         };
         state.levels[1].push(TableMeta {
             file_no: 7,

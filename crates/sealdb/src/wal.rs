@@ -113,7 +113,7 @@ pub(crate) fn replay(
         FileKind::Wal,
         &name,
         file_no,
-        &mut |at, plain, key_id| {
+        &mut |at, _end, plain, key_id| {
             key_seen(key_id);
             let base = at + chunk::HEADER_LEN as u64;
             let l = decode_commit(plain, &mut apply).map_err(|e| e.into_error(&name, base))?;
