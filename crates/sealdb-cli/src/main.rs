@@ -115,6 +115,19 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Garbage-collect the value log until no file has at least RATIO unreachable bytes.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Share of a file that must be unreachable for it to be collected.
+        #[arg(long, default_value_t = 0.5)]
+        ratio: f64,
+    },
+    /// Compact every level into one (drops every version no snapshot needs).
+    Flatten {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Data keys: list, rotate, rekey, rotate the master key.
     Keys {
         #[command(subcommand)]
@@ -320,6 +333,31 @@ fn run(cmd: Command) -> Result<(), Failure> {
             println!("new active data key: {id}");
         }
         Command::Keys { command } => keys(command)?,
+        Command::Gc { store, ratio } => {
+            let db = open(&store)?;
+            let mut total = sealdb::GcReport::default();
+            loop {
+                let r = db.run_value_log_gc(ratio)?;
+                total.files_deleted += r.files_deleted;
+                if r.files_collected == 0 {
+                    break;
+                }
+                total.files_collected += r.files_collected;
+                total.entries_rewritten += r.entries_rewritten;
+                total.bytes_rewritten += r.bytes_rewritten;
+            }
+            db.close()?;
+            println!(
+                "collected {} value-log files: {} live entries ({} bytes) rewritten",
+                total.files_collected, total.entries_rewritten, total.bytes_rewritten
+            );
+        }
+        Command::Flatten { store } => {
+            let db = open(&store)?;
+            db.flatten()?;
+            db.close()?;
+            println!("flattened");
+        }
         Command::Demo => demo::run()?,
         Command::Bench(args) => bench::run(&args)?,
         Command::BenchMaster(args) => bench::run_master(&args)?,
@@ -520,6 +558,9 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
             "pinned_index_filter_bytes": info.pinned_index_filter_bytes,
             "last_commit_ts": info.last_commit_ts,
             "discarded_wal_tails": info.discarded_wal_tails,
+            "value_log_files": info.value_log_files.iter().map(|f| serde_json::json!({
+                "file": f.file, "bytes": f.bytes, "discardable_bytes": f.discardable_bytes,
+                "key_ids": f.key_ids})).collect::<Vec<_>>(),
         });
         println!(
             "{}",
@@ -563,6 +604,24 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
         info.block_cache_bytes, info.pinned_index_filter_bytes
     );
     println!("last commit timestamp: {}", info.last_commit_ts);
+    let vbytes: u64 = info.value_log_files.iter().map(|f| f.bytes).sum();
+    let vdiscard: u64 = info
+        .value_log_files
+        .iter()
+        .map(|f| f.discardable_bytes)
+        .sum();
+    println!(
+        "value log: {} files, {} bytes, {} discardable",
+        info.value_log_files.len(),
+        vbytes,
+        vdiscard
+    );
+    for f in &info.value_log_files {
+        println!(
+            "  {}  {} bytes  {} discardable  keys {:?}",
+            f.file, f.bytes, f.discardable_bytes, f.key_ids
+        );
+    }
     for t in &info.discarded_wal_tails {
         println!("discarded at open (torn WAL tail): {t}");
     }

@@ -226,3 +226,41 @@ fn key_management_through_the_cli() {
     );
     assert!(ok(&["verify", "--dir", dir, "--key-file", new_key]).starts_with("ok:"));
 }
+
+#[test]
+fn value_log_gc_and_info_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, dir) = (tmp.path().join("k"), tmp.path().join("db"));
+    let (key, dir) = (p(&key), p(&dir));
+    ok(&["keygen", "--out", key]);
+    ok(&["init", "--dir", dir, "--key-file", key]);
+    let big = "x".repeat(3000);
+    for round in 0..3 {
+        let tsv = tmp.path().join(format!("r{round}.tsv"));
+        std::fs::write(
+            &tsv,
+            (0..200)
+                .map(|i| format!("k{i}\t{big}{round}\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        ok(&["load", "--dir", dir, "--key-file", key, "--tsv", p(&tsv)]);
+    }
+    ok(&["flatten", "--dir", dir, "--key-file", key]);
+    let before: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--dir", dir, "--key-file", key, "--json"])).unwrap();
+    let discardable: u64 = before["value_log_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["discardable_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(discardable > 0, "{before}");
+    let out = ok(&["gc", "--dir", dir, "--key-file", key, "--ratio", "0.3"]);
+    assert!(out.starts_with("collected "), "{out}");
+    assert_eq!(
+        ok(&["get", "--dir", dir, "--key-file", key, "k7"]),
+        format!("{big}2\n")
+    );
+    assert!(ok(&["verify", "--dir", dir, "--key-file", key]).starts_with("ok:"));
+}

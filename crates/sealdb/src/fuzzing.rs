@@ -23,6 +23,12 @@ pub fn decode_manifest(data: &[u8]) {
     let _ = crate::version::decode_body(data);
 }
 
+/// One value-log entry's plaintext, and a value pointer.
+pub fn decode_vlog_entry(data: &[u8]) {
+    let _ = crate::vlog::decode_entry(data);
+    let _ = crate::vlog::Pointer::decode(data);
+}
+
 /// One WAL commit's plaintext (entry count and entries).
 pub fn decode_wal_commit(data: &[u8]) {
     let _ = crate::wal::decode_commit(data, &mut |r| {
@@ -55,13 +61,14 @@ pub fn decode_table_parts(data: &[u8]) {
 }
 
 /// Builds a small unencrypted store in memory, replaces the file whose name ends with
-/// `suffix` (`.wal`, `.sst`, `MANIFEST`) with `data`, then opens, reads, scans and verifies.
+/// `suffix` (`.wal`, `.sst`, `.vlog`, `MANIFEST`) with `data`, then opens, reads, scans and verifies.
 pub fn open_store_with_file(suffix: &str, data: &[u8]) {
     let mem = MemStorage::new();
     let opts = Options {
         storage: Some(Arc::new(mem.clone())),
         background_threads: false,
         memtable_size: 4 << 10,
+        value_threshold: 256,
         ..Options::default()
     };
     let image = {
@@ -70,6 +77,9 @@ pub fn open_store_with_file(suffix: &str, data: &[u8]) {
         };
         for i in 0..64u32 {
             let _ = db.put(format!("key{i:03}").as_bytes(), b"some value bytes");
+        }
+        for i in 0..8u32 {
+            let _ = db.put(format!("big{i}").as_bytes(), &[7u8; 300]);
         }
         let _ = db.flush();
         let _ = db.put(b"in-the-wal", b"v");
@@ -132,6 +142,7 @@ mod tests {
             decode_manifest(&data);
             decode_wal_commit(&data);
             decode_table_parts(&data);
+            decode_vlog_entry(&data);
         }
         // Plausible prefixes: valid magics followed by noise.
         for seed in 0..500u64 {
@@ -149,7 +160,7 @@ mod tests {
     fn store_survives_garbage_files() {
         for seed in 0..40u64 {
             let data = noise(seed, (seed * 37 % 600) as usize);
-            for suffix in [".wal", ".sst", "MANIFEST"] {
+            for suffix in [".wal", ".sst", "MANIFEST", ".vlog"] {
                 open_store_with_file(suffix, &data);
             }
         }
