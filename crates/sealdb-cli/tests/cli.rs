@@ -264,3 +264,49 @@ fn value_log_gc_and_info_through_the_cli() {
     );
     assert!(ok(&["verify", "--dir", dir, "--key-file", key]).starts_with("ok:"));
 }
+
+#[test]
+fn attest_verify_prints_claims_or_the_reason() {
+    let t =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testvectors/dcap");
+    let (quote, coll) = (t.join("sgx_quote"), t.join("sgx_quote_collateral.json"));
+    let args = [
+        "attest",
+        "verify",
+        "--format",
+        "sgx",
+        "--evidence",
+        p(&quote),
+        "--collateral",
+        p(&coll),
+    ];
+    let mut at_ref = args.to_vec();
+    at_ref.extend([
+        "--at",
+        "1750377600",
+        "--report-data",
+        "48656c6c6f2c20776f726c6421",
+    ]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&at_ref)).unwrap();
+    assert_eq!(claims["tcb_status"], "ConfigurationAndSWHardeningNeeded");
+    // Hex text evidence is accepted too.
+    let tmp = tempfile::tempdir().unwrap();
+    let hexfile = tmp.path().join("quote.hex");
+    std::fs::write(&hexfile, hex::encode(std::fs::read(&quote).unwrap())).unwrap();
+    let mut hexed = at_ref.clone();
+    hexed[5] = p(&hexfile);
+    ok(&hexed);
+    // Today the collateral has expired: exit 1 with the reason on stderr.
+    let today = sealdb(&args);
+    assert_eq!(today.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&today.stderr).starts_with("rejected: evidence not authentic"));
+    let debug = sealdb(&[
+        "attest",
+        "verify",
+        "--format",
+        "tdx",
+        "--evidence",
+        p(&t.join("tdx_quote_debug_td.dat")),
+    ]);
+    assert!(String::from_utf8_lossy(&debug.stderr).contains("debug mode"));
+}

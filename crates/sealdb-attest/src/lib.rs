@@ -1,0 +1,183 @@
+//! Attestation evidence from TEEs, verified on the owner's machine with no attestation service.
+//!
+//! One entry point, [`verify`]: a pure function of (evidence, endorsements, policy, expected
+//! report_data, now) that returns typed [`Claims`] or a typed [`Rejection`]. No network and no
+//! clock inside: collateral is passed in ([`Endorsements`]) and time is a parameter, so real
+//! samples with expired collateral verify at their reference time and fail today.
+//!
+//! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate. Not yet here:
+//! AMD SEV-SNP, AWS Nitro and `sim-v1` (they return [`Rejection::Unsupported`]).
+//!
+//! ```no_run
+//! use sealdb_attest::{verify, Endorsements, Evidence, Format, Policy};
+//! let quote = std::fs::read("quote.dat").unwrap();
+//! let collateral = std::fs::read_to_string("collateral.json").unwrap();
+//! let endorsements = Endorsements::dcap_collateral_json(&collateral).unwrap();
+//! let claims = verify(
+//!     &Evidence { format: Format::Sgx, bytes: &quote },
+//!     &endorsements,
+//!     &Policy::default(),
+//!     None,
+//!     1_750_377_600,
+//! );
+//! ```
+#![forbid(unsafe_code)]
+
+mod dcap;
+mod policy;
+
+pub use policy::Policy;
+
+/// Evidence formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Format {
+    /// Intel SGX DCAP quote (v3).
+    Sgx,
+    /// Intel TDX DCAP quote (v4, v5).
+    Tdx,
+    /// AMD SEV-SNP attestation report.
+    Snp,
+    /// AWS Nitro attestation document.
+    Nitro,
+    /// sealdb's simulated TEE (`sim-v1`).
+    Sim,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgx" => Ok(Format::Sgx),
+            "tdx" => Ok(Format::Tdx),
+            "snp" => Ok(Format::Snp),
+            "nitro" => Ok(Format::Nitro),
+            "sim" => Ok(Format::Sim),
+            other => Err(format!(
+                "unknown format {other:?} (sgx, tdx, snp, nitro, sim)"
+            )),
+        }
+    }
+}
+
+/// Evidence bytes and their claimed format.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The format the bytes are in.
+    pub format: Format,
+    /// The raw evidence.
+    pub bytes: &'a [u8],
+}
+
+/// What vouches for the evidence besides itself: collateral, certificates.
+#[derive(Debug, Clone, Default)]
+pub struct Endorsements {
+    dcap: Option<dcap_qvl::QuoteCollateralV3>,
+}
+
+impl Endorsements {
+    /// Intel collateral as JSON (the format of Intel PCS / PCCS responses gathered by
+    /// `dcap-qvl`, as in `../shared/testvectors/dcap/*_collateral.json`).
+    pub fn dcap_collateral_json(json: &str) -> Result<Self, Rejection> {
+        let c = serde_json::from_str(json).map_err(|e| Rejection::Malformed {
+            what: "DCAP collateral",
+            detail: e.to_string(),
+        })?;
+        Ok(Endorsements { dcap: Some(c) })
+    }
+}
+
+/// What verified evidence says, as JSON-friendly values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Claims {
+    /// The evidence format.
+    pub format: Format,
+    /// Measurements by name (hex), e.g. `mr_enclave`, `mr_signer`, `mr_td`, `rtmr0`.
+    pub measurements: std::collections::BTreeMap<String, String>,
+    /// Security version numbers and product ids by name.
+    pub versions: std::collections::BTreeMap<String, u64>,
+    /// Platform TCB status as the vendor's collateral rates it (e.g. `UpToDate`).
+    pub tcb_status: String,
+    /// Security advisories that apply (e.g. `INTEL-SA-00615`).
+    pub advisories: Vec<String>,
+    /// The TEE runs in debug mode (its memory is readable by the host).
+    pub debug: bool,
+    /// The 64 bytes the TEE bound into the evidence (hex).
+    pub report_data: String,
+    /// The time the evidence was judged at (Unix seconds).
+    pub verified_at: u64,
+}
+
+/// Why evidence was refused, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The bytes are not evidence of the claimed format.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What could not be parsed.
+        what: &'static str,
+        /// The parser's message.
+        detail: String,
+    },
+    /// Endorsements the format needs were not given (e.g. DCAP collateral).
+    #[error("missing endorsement: {0}")]
+    MissingEndorsement(&'static str),
+    /// Signatures, certificate chains, CRLs or collateral validity failed at `now`
+    /// (including expired collateral).
+    #[error("evidence not authentic at the given time: {0}")]
+    NotAuthentic(String),
+    /// The TEE is in debug mode and the policy does not allow debug.
+    #[error("the TEE runs in debug mode, which the policy refuses")]
+    Debug,
+    /// The evidence binds other report_data than expected (a replay or another session).
+    #[error("report_data does not match the expected value")]
+    ReportDataMismatch,
+    /// The evidence is authentic but the policy refuses it.
+    #[error("policy refuses the evidence: {0}")]
+    Policy(String),
+    /// The format is not supported by this build.
+    #[error("format {0:?} is not supported yet")]
+    Unsupported(Format),
+}
+
+/// Verifies `evidence` against `endorsements` and `policy` at time `now` (Unix seconds).
+/// With `expected_report_data`, the evidence must bind exactly those bytes (up to 64; shorter
+/// values must match the start and the rest must be zero).
+pub fn verify(
+    evidence: &Evidence<'_>,
+    endorsements: &Endorsements,
+    policy: &Policy,
+    expected_report_data: Option<&[u8]>,
+    now: u64,
+) -> Result<Claims, Rejection> {
+    if !policy.allows_format(evidence.format) {
+        return Err(Rejection::Policy(format!(
+            "format {:?} is not allowed",
+            evidence.format
+        )));
+    }
+    let claims = match evidence.format {
+        Format::Sgx | Format::Tdx => dcap::verify(evidence, endorsements, policy, now)?,
+        other => return Err(Rejection::Unsupported(other)),
+    };
+    if let Some(expected) = expected_report_data {
+        check_report_data(&claims.report_data, expected)?;
+    }
+    policy.evaluate(&claims)?;
+    Ok(claims)
+}
+
+fn check_report_data(actual_hex: &str, expected: &[u8]) -> Result<(), Rejection> {
+    let actual = hex::decode(actual_hex).map_err(|_| Rejection::ReportDataMismatch)?;
+    if expected.len() > actual.len() {
+        return Err(Rejection::ReportDataMismatch);
+    }
+    let (head, tail) = actual.split_at(expected.len());
+    if head == expected && tail.iter().all(|b| *b == 0) {
+        Ok(())
+    } else {
+        Err(Rejection::ReportDataMismatch)
+    }
+}

@@ -1,0 +1,118 @@
+//! The owner's policy: which formats, measurements, TCB statuses and versions are acceptable.
+//! Written as TOML, for example:
+//!
+//! ```toml
+//! formats = ["sgx", "tdx"]
+//! allowed_tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
+//! allow_debug = false
+//! [measurements]
+//! mr_enclave = ["c1a2…"]          # any of these
+//! [min_versions]
+//! isv_svn = 2
+//! [versions]
+//! isv_prod_id = 1
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::{Claims, Format, Rejection};
+
+/// What the owner accepts. The default accepts any authentic, non-debug evidence of the
+/// hardware formats (not `sim`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Allowed formats by name (`sgx`, `tdx`, `snp`, `nitro`, `sim`); empty: all but `sim`.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// Accept debug-mode TEEs (never for real keys).
+    #[serde(default)]
+    pub allow_debug: bool,
+    /// Accept the simulated TEE (development only).
+    #[serde(default)]
+    pub allow_insecure_simulation: bool,
+    /// Accepted platform TCB statuses; empty: any the vendor's collateral gives.
+    #[serde(default)]
+    pub allowed_tcb_statuses: Vec<String>,
+    /// Reference measurements by claim name: the claim must equal one of the values (hex).
+    #[serde(default)]
+    pub measurements: BTreeMap<String, Vec<String>>,
+    /// Exact versions or ids by claim name (e.g. `isv_prod_id`).
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    /// Minimum versions by claim name (e.g. `isv_svn`).
+    #[serde(default)]
+    pub min_versions: BTreeMap<String, u64>,
+}
+
+impl Policy {
+    /// Parses a policy file.
+    pub fn from_toml(text: &str) -> Result<Policy, Rejection> {
+        toml::from_str(text).map_err(|e| Rejection::Malformed {
+            what: "policy",
+            detail: e.to_string(),
+        })
+    }
+
+    pub(crate) fn allows_format(&self, f: Format) -> bool {
+        let name = match f {
+            Format::Sgx => "sgx",
+            Format::Tdx => "tdx",
+            Format::Snp => "snp",
+            Format::Nitro => "nitro",
+            Format::Sim => "sim",
+        };
+        if f == Format::Sim && !self.allow_insecure_simulation {
+            return false;
+        }
+        self.formats.is_empty() || self.formats.iter().any(|x| x == name)
+    }
+
+    /// Checks verified claims against the policy.
+    pub(crate) fn evaluate(&self, c: &Claims) -> Result<(), Rejection> {
+        if c.debug && !self.allow_debug {
+            return Err(Rejection::Debug);
+        }
+        if !self.allowed_tcb_statuses.is_empty()
+            && !self.allowed_tcb_statuses.contains(&c.tcb_status)
+        {
+            return Err(Rejection::Policy(format!(
+                "TCB status {} is not allowed",
+                c.tcb_status
+            )));
+        }
+        for (name, allowed) in &self.measurements {
+            let actual = c.measurements.get(name).ok_or_else(|| {
+                Rejection::Policy(format!("the evidence has no measurement {name}"))
+            })?;
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(actual)) {
+                return Err(Rejection::Policy(format!(
+                    "{name} {actual} is not a reference value"
+                )));
+            }
+        }
+        for (name, want) in &self.versions {
+            match c.versions.get(name) {
+                Some(v) if v == want => {}
+                Some(v) => {
+                    return Err(Rejection::Policy(format!(
+                        "{name} is {v}, the policy requires {want}"
+                    )))
+                }
+                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
+            }
+        }
+        for (name, min) in &self.min_versions {
+            match c.versions.get(name) {
+                Some(v) if v >= min => {}
+                Some(v) => {
+                    return Err(Rejection::Policy(format!(
+                        "{name} {v} is below the minimum {min}"
+                    )))
+                }
+                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
+            }
+        }
+        Ok(())
+    }
+}
