@@ -23,7 +23,7 @@ use crate::memtable::Memtable;
 use crate::mvcc::{fingerprint, Oracle};
 use crate::table::{self, BlockCache, Table, TableBuilder, TableMeta};
 use crate::version::{self, ManifestState, Version, MANIFEST, NUM_LEVELS};
-use crate::vlog::{self, Pointer, Unreachable, ValueLog, VlogFile, VlogWriter};
+use crate::vlog::{self, Pointer, ValueLog, VlogFile, VlogWriter};
 use crate::wal::{self, WalWriter};
 use crate::{Error, Result};
 
@@ -267,9 +267,11 @@ enum Found {
 
 fn has_data_files(storage: &dyn Storage) -> Result<bool> {
     let names = storage.list().map_err(|e| Error::io(".", e))?;
-    Ok(names
-        .iter()
-        .any(|n| parse_file_no(n, ".sst").is_some() || parse_file_no(n, ".wal").is_some()))
+    Ok(names.iter().any(|n| {
+        parse_file_no(n, ".sst").is_some()
+            || parse_file_no(n, ".wal").is_some()
+            || parse_file_no(n, ".vlog").is_some()
+    }))
 }
 
 const MISSING_REGISTRY: &str = "the key registry of an encrypted store is missing";
@@ -326,6 +328,9 @@ fn probe(storage: &dyn Storage, opts: &Options) -> Result<Found> {
     }
 }
 
+/// The value log, the authentic length of each file scanned at open, and the torn tails cut.
+type RecoveredValueLog = (ValueLog, BTreeMap<u64, u64>, Vec<(String, u64, u64)>);
+
 /// Loads the value-log files: finishes deletions a crash interrupted, checks that every live
 /// file is there, and scans the files not known complete (written since the last manifest),
 /// cutting a torn tail. Returns the value log and, for scanned files, their authentic length.
@@ -335,7 +340,7 @@ fn recover_value_log(
     manifest: &ManifestState,
     names: &[String],
     max_file_no: &mut u64,
-) -> Result<(ValueLog, BTreeMap<u64, u64>)> {
+) -> Result<RecoveredValueLog> {
     let mut files = manifest.vlogs.clone();
     for (no, f) in manifest.vlogs.iter() {
         let name = vlog::file_name(*no);
@@ -369,9 +374,20 @@ fn recover_value_log(
         }
     }
     let mut scanned = BTreeMap::new();
+    let mut cut = Vec::new();
+    let mut gone = Vec::new();
     for (no, f) in files.iter_mut().filter(|(_, f)| !f.complete) {
         let name = vlog::file_name(*no);
         if !storage.exists(&name) {
+            if f.size > 0 {
+                // The manifest recorded bytes of it as durable.
+                return Err(Error::integrity(
+                    name,
+                    0,
+                    "a value-log file named by the manifest is missing",
+                ));
+            }
+            gone.push(*no);
             scanned.insert(*no, 0);
             continue;
         }
@@ -382,19 +398,34 @@ fn recover_value_log(
             }
             Ok(())
         })?;
+        if scan.clean_len < f.size {
+            // Bytes the last manifest recorded as durable do not authenticate: damage, not a
+            // torn write.
+            return Err(Error::integrity(
+                name,
+                scan.clean_len,
+                "value-log entry fails authentication below its durable size",
+            ));
+        }
         if scan.clean_len < scan.file_len {
+            cut.push((name.clone(), scan.clean_len, scan.file_len - scan.clean_len));
             // A torn tail of the file being appended to when the process stopped: cut it, so
             // the file is whole again (offsets of the entries before it do not change).
             let mut bytes = storage.read_all(&name).map_err(|e| Error::io(&name, e))?;
             bytes.truncate(scan.clean_len as usize);
             version::write_atomic(storage, &name, &format!("{name}.tmp"), &bytes)?;
         }
+        // Its bytes may have been read back from the page cache after a process crash.
+        storage.sync_file(&name).map_err(|e| Error::io(&name, e))?;
         f.size = scan.clean_len;
         f.key_ids = key_ids;
         f.complete = true;
         scanned.insert(*no, scan.clean_len);
     }
-    Ok((ValueLog::new(files), scanned))
+    for no in gone {
+        files.remove(&no);
+    }
+    Ok((ValueLog::new(files), scanned, cut))
 }
 
 fn parse_file_no(name: &str, ext: &str) -> Option<u64> {
@@ -479,7 +510,7 @@ impl Db {
 
         let names = storage.list().map_err(|e| Error::io(".", e))?;
         let mut max_file_no = manifest.next_file_no;
-        let (vlog, scanned_vlogs) =
+        let (vlog, scanned_vlogs, cut_vlog_tails) =
             recover_value_log(storage.as_ref(), &keys, &manifest, &names, &mut max_file_no)?;
         let mut wals = Vec::new();
         for name in &names {
@@ -494,7 +525,7 @@ impl Db {
         }
         wals.sort_unstable();
         let mut imms = Vec::new();
-        let mut discarded_tails = Vec::new();
+        let mut discarded_tails = cut_vlog_tails;
         let mut prev: Option<(u64, wal::Replay)> = None;
         let mut discard_rest = false;
         for &no in &wals {
@@ -564,12 +595,13 @@ impl Db {
                     let ptr = Pointer::decode(r.value).ok_or_else(|| {
                         Error::integrity(wal::file_name(m.wal_no), 0, "malformed value pointer")
                     })?;
+                    // Only files written since the last manifest can have lost an end. A
+                    // pointer into a file GC deleted is an older, superseded version: GC
+                    // deletes a file only after its rewrite is durable.
                     if let Some(clean) = scanned_vlogs.get(&ptr.file_no) {
                         if ptr.offset + u64::from(ptr.len) > *clean {
                             lost_from_ts = lost_from_ts.min(r.ts);
                         }
-                    } else if !vlog.files().contains_key(&ptr.file_no) {
-                        lost_from_ts = lost_from_ts.min(r.ts);
                     }
                 }
                 Ok::<(), Error>(())
@@ -757,7 +789,9 @@ impl Db {
     /// Reads the latest committed value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.check()?;
-        let r = self.inner.get_at(key, self.inner.oracle.visible())?;
+        // A registered snapshot: value-log GC does not delete what this read may follow.
+        let mark = self.inner.oracle.begin_read();
+        let r = self.inner.get_at(key, mark.read_ts)?;
         Ok(r.map(|r| r.value))
     }
 
@@ -1214,8 +1248,7 @@ impl Inner {
             .ok_or_else(|| Error::integrity("table or WAL", 0, "malformed value pointer"))?;
         r.value = self
             .vlog
-            .read(self.storage.as_ref(), &self.keys, ptr, &r.key, r.ts)
-            .map_err(Unreachable::into_error)?;
+            .read(self.storage.as_ref(), &self.keys, ptr, &r.key, r.ts)?;
         r.kind = Kind::Put;
         Ok(r)
     }
@@ -1439,12 +1472,22 @@ impl Inner {
     fn gc_candidates(&self, ratio: f64) -> Vec<u64> {
         // An atomic, not the commit lock: the background thread asks while holding `bg`.
         let active = Some(self.active_vlog.load(Ordering::Acquire));
+        let queued: Vec<u64> = self
+            .vlog_pending_delete
+            .lock()
+            .iter()
+            .map(|(no, _)| *no)
+            .collect();
         let mut c: Vec<(f64, u64)> = self
             .vlog
             .files()
             .into_iter()
             .filter(|(no, f)| {
-                Some(*no) != active && f.state == vlog::FileState::Live && f.complete && f.size > 0
+                Some(*no) != active
+                    && !queued.contains(no)
+                    && f.state == vlog::FileState::Live
+                    && f.complete
+                    && f.size > 0
             })
             .map(|(no, f)| (f.discard as f64 / f.size as f64, no))
             .filter(|(r, _)| *r >= ratio)
@@ -1579,6 +1622,41 @@ impl Inner {
         Ok(due.len() as u64)
     }
 
+    /// Value-log files sealed (partly) under a key older than `max_key_age`: collected
+    /// whatever their ratio, so old keys in the value log are bounded like in tables.
+    fn vlog_files_under_old_keys(&self) -> Vec<u64> {
+        let Some(age) = self.opts.max_key_age else {
+            return Vec::new();
+        };
+        if !self.keys.is_encrypted() {
+            return Vec::new();
+        }
+        let cutoff = now_secs().saturating_sub(age.as_secs());
+        let created = self.keys.creation_times();
+        let active_key = self.keys.active_sealer().key_id();
+        let active_file = self.active_vlog.load(Ordering::Acquire);
+        let queued: Vec<u64> = self
+            .vlog_pending_delete
+            .lock()
+            .iter()
+            .map(|(no, _)| *no)
+            .collect();
+        self.vlog
+            .files()
+            .into_iter()
+            .filter(|(no, f)| {
+                *no != active_file
+                    && !queued.contains(no)
+                    && f.state == vlog::FileState::Live
+                    && f.complete
+                    && f.key_ids
+                        .iter()
+                        .any(|id| *id != active_key && created.get(id).is_none_or(|c| *c <= cutoff))
+            })
+            .map(|(no, _)| no)
+            .collect()
+    }
+
     fn gc_due(&self) -> bool {
         let watermark = self.oracle.watermark();
         self.vlog_pending_delete
@@ -1589,16 +1667,19 @@ impl Inner {
                 .opts
                 .value_log_gc_ratio
                 .is_some_and(|r| !self.gc_candidates(r).is_empty())
+            || !self.vlog_files_under_old_keys().is_empty()
     }
 
     /// One background GC step: collect the best candidate file, delete what is due.
     fn background_gc(&self) -> Result<bool> {
         let _serial = self.gc_mutex.lock();
         let deleted = self.delete_collected()?;
-        let Some(ratio) = self.opts.value_log_gc_ratio else {
-            return Ok(deleted > 0);
+        let mut candidates = match self.opts.value_log_gc_ratio {
+            Some(ratio) => self.gc_candidates(ratio),
+            None => Vec::new(),
         };
-        match self.gc_candidates(ratio).first() {
+        candidates.extend(self.vlog_files_under_old_keys());
+        match candidates.first() {
             Some(no) => {
                 self.gc_file(*no)?;
                 self.delete_collected()?;
@@ -1630,8 +1711,10 @@ impl Inner {
                 Ok(false) => self.background_gc().map(|_| ()),
                 other => other.map(|_| ()),
             };
-            if let Err(e) = r {
-                self.record_background_error(e);
+            match r {
+                // Close began during the work: nothing failed.
+                Err(Error::Closed) | Ok(()) => {}
+                Err(e) => self.record_background_error(e),
             }
             let mut bg = self.bg.lock();
             bg.compaction_busy = false;
@@ -1682,6 +1765,8 @@ impl Inner {
         };
         let inputs = find(task.level, &task.inputs);
         let next_inputs = find(task.level + 1, &task.next_inputs);
+        // Value-log bytes the merge drops count only if the merge completes (not cancelled).
+        let discards = std::cell::RefCell::new(Vec::<Pointer>::new());
         let outputs = if task.trivial_move {
             inputs.clone()
         } else {
@@ -1711,7 +1796,7 @@ impl Inner {
                     dropped: &mut |r: &Record| {
                         if r.kind == Kind::Pointer {
                             if let Some(p) = Pointer::decode(&r.value) {
-                                self.vlog.add_discard(p.file_no, u64::from(p.len));
+                                discards.borrow_mut().push(p);
                             }
                         }
                     },
@@ -1739,6 +1824,10 @@ impl Inner {
             }
             tables
         };
+        // The merge completed: its drops count, and the manifest the install writes has them.
+        for p in discards.into_inner() {
+            self.vlog.add_discard(p.file_no, u64::from(p.len));
+        }
         self.install_compaction(&task, &outputs)?;
         if !task.trivial_move {
             for t in inputs.iter().chain(&next_inputs) {
@@ -1837,9 +1926,12 @@ impl Inner {
     fn write_manifest_locked(&self, edit: &mut EditState, mut next: ManifestState) -> Result<()> {
         // Tables about to be named may point into the value log: its data is durable first.
         // Only then may the manifest call a file complete.
+        // The state is taken before the fsync: a file it calls complete had all its bytes
+        // written by then, so the fsync covers them.
+        let vlogs = self.vlog.files();
         let synced = self.vlog.sync_written(self.storage.as_ref());
         self.poison_on_err(synced)?;
-        next.vlogs = self.vlog.files();
+        next.vlogs = vlogs;
         let r = version::write_manifest(self.storage.as_ref(), &self.keys, &next);
         let sealed_under = self.poison_on_err(r)?;
         edit.manifest = next;

@@ -15,7 +15,8 @@
 //!
 //! Data keys rotate by age and by the number of units sealed, old files are rewritten under
 //! new keys (rekey), unused keys are destroyed (crypto-shredding), and the master key rotates
-//! online. Not (yet) here: a value log for large values, backup/restore. See `ARCHITECTURE.md` for the codemap and invariants and `docs/` for the
+//! online. Values of at least `value_threshold` bytes live in a value log (sealed the same way)
+//! with pointers in the tree, and are garbage-collected. Not (yet) here: backup/restore. See `ARCHITECTURE.md` for the codemap and invariants and `docs/` for the
 //! byte-level format and the durability rules.
 //!
 //! ```

@@ -159,30 +159,14 @@ impl VlogWriter {
     }
 }
 
-/// Why a pointer could not be followed.
-pub(crate) enum Unreachable {
-    /// The entry's bytes are not there (file missing or too short, or zeros): a write lost
-    /// in a crash, or a file deleted from under the store.
-    Lost(Error),
-    /// The bytes are there but do not authenticate or do not match the pointer.
-    Corrupt(Error),
-}
-
-impl Unreachable {
-    pub(crate) fn into_error(self) -> Error {
-        match self {
-            Unreachable::Lost(e) | Unreachable::Corrupt(e) => e,
-        }
-    }
-}
-
 /// The value-log files of a store and open readers for them.
 #[derive(Default)]
 pub(crate) struct ValueLog {
     files: Mutex<BTreeMap<u64, VlogFile>>,
     readers: RwLock<HashMap<u64, Arc<dyn ReadableFile>>>,
-    /// Files written to since they were last fsynced.
-    unsynced: Mutex<std::collections::BTreeSet<u64>>,
+    /// Files written to since they were last fsynced, with a count of writes.
+    unsynced: Mutex<BTreeMap<u64, u64>>,
+    sync_lock: Mutex<()>,
 }
 
 impl ValueLog {
@@ -190,35 +174,29 @@ impl ValueLog {
         ValueLog {
             files: Mutex::new(files),
             readers: RwLock::new(HashMap::new()),
-            unsynced: Mutex::new(Default::default()),
+            unsynced: Mutex::new(BTreeMap::new()),
+            sync_lock: Mutex::new(()),
         }
     }
 
-    fn reader(
-        &self,
-        storage: &dyn Storage,
-        no: u64,
-    ) -> std::result::Result<Arc<dyn ReadableFile>, Unreachable> {
+    fn reader(&self, storage: &dyn Storage, no: u64) -> Result<Arc<dyn ReadableFile>> {
         if let Some(r) = self.readers.read().get(&no) {
             return Ok(r.clone());
         }
         let name = file_name(no);
         let f = storage.open(&name).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Unreachable::Lost(Error::integrity(
-                    &name,
-                    0,
-                    "value pointer to a missing value-log file",
-                ))
+                Error::integrity(&name, 0, "value pointer to a missing value-log file")
             } else {
-                Unreachable::Corrupt(Error::io(&name, e))
+                Error::io(&name, e)
             }
         })?;
         self.readers.write().insert(no, f.clone());
         Ok(f)
     }
 
-    /// Follows `ptr`, checking that the entry is the one made for (`key`, `ts`).
+    /// Follows `ptr`, checking that the entry is the one made for (`key`, `ts`). Any failure
+    /// is an [`Error::Integrity`] naming the value-log file and the entry's offset.
     pub(crate) fn read(
         &self,
         storage: &dyn Storage,
@@ -226,35 +204,29 @@ impl ValueLog {
         ptr: Pointer,
         key: &[u8],
         ts: u64,
-    ) -> std::result::Result<Vec<u8>, Unreachable> {
+    ) -> Result<Vec<u8>> {
         let name = file_name(ptr.file_no);
         let f = self.reader(storage, ptr.file_no)?;
-        let mut buf = vec![0u8; ptr.len as usize];
-        let lost = |reason| Unreachable::Lost(Error::integrity(&name, ptr.offset, reason));
-        let len = f
-            .len()
-            .map_err(|e| Unreachable::Corrupt(Error::io(&name, e)))?;
+        let damaged = |reason| Error::integrity(&name, ptr.offset, reason);
+        let len = f.len().map_err(|e| Error::io(&name, e))?;
         if ptr.offset.saturating_add(u64::from(ptr.len)) > len {
-            return Err(lost("value pointer past the end of the value-log file"));
+            return Err(damaged("value pointer past the end of the value-log file"));
         }
+        let mut buf = vec![0u8; ptr.len as usize];
         f.read_exact_at(ptr.offset, &mut buf)
-            .map_err(|e| Unreachable::Corrupt(Error::io(&name, e)))?;
-        if buf.iter().all(|b| *b == 0) {
-            return Err(lost("value-log entry was never written (zeros)"));
-        }
+            .map_err(|e| Error::io(&name, e))?;
         let at = ChunkAt {
             kind: FileKind::ValueLog,
             file_no: ptr.file_no,
             base: ptr.offset,
         };
-        let corrupt = |reason| Unreachable::Corrupt(Error::integrity(&name, ptr.offset, reason));
-        let (plain, end, _) = chunk::open(keys, at, &mut buf, 0).map_err(corrupt)?;
+        let (plain, end, _) = chunk::open(keys, at, &mut buf, 0).map_err(damaged)?;
         if end != buf.len() {
-            return Err(corrupt("value pointer length does not match the entry"));
+            return Err(damaged("value pointer length does not match the entry"));
         }
-        let e = decode_entry(&buf[plain]).map_err(|_| corrupt("malformed value-log entry"))?;
+        let e = decode_entry(&buf[plain]).map_err(|_| damaged("malformed value-log entry"))?;
         if e.key != key || e.ts != ts {
-            return Err(corrupt("value pointer leads to another entry"));
+            return Err(damaged("value pointer leads to another entry"));
         }
         Ok(e.value.to_vec())
     }
@@ -291,14 +263,17 @@ impl ValueLog {
 
     /// Fsyncs every file written to since its last fsync.
     pub(crate) fn sync_written(&self, storage: &dyn Storage) -> Result<()> {
-        let pending: Vec<u64> = std::mem::take(&mut *self.unsynced.lock())
-            .into_iter()
-            .collect();
-        for no in pending {
+        // One syncer at a time: a caller that finds a sync running waits for it, then syncs
+        // whatever is still marked. A file written to during its fsync stays marked (its
+        // write count changed), so no write is ever marked synced without an fsync after it.
+        let _one = self.sync_lock.lock();
+        let pending: Vec<(u64, u64)> = self.unsynced.lock().iter().map(|(n, c)| (*n, *c)).collect();
+        for (no, count) in pending {
             let name = file_name(no);
-            if let Err(e) = storage.sync_file(&name) {
-                self.unsynced.lock().insert(no);
-                return Err(Error::io(name, e));
+            storage.sync_file(&name).map_err(|e| Error::io(name, e))?;
+            let mut unsynced = self.unsynced.lock();
+            if unsynced.get(&no) == Some(&count) {
+                unsynced.remove(&no);
             }
         }
         Ok(())
@@ -306,7 +281,7 @@ impl ValueLog {
 
     /// Records a chunk written to file `no`.
     pub(crate) fn note_write(&self, no: u64, end: u64, key_id: u32) {
-        self.unsynced.lock().insert(no);
+        *self.unsynced.lock().entry(no).or_insert(0) += 1;
         let mut files = self.files.lock();
         let f = files.entry(no).or_insert_with(|| VlogFile {
             size: 0,
