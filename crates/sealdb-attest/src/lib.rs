@@ -5,8 +5,10 @@
 //! clock inside: collateral is passed in ([`Endorsements`]) and time is a parameter, so real
 //! samples with expired collateral verify at their reference time and fail today.
 //!
-//! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate. Not yet here:
-//! AMD SEV-SNP, AWS Nitro and `sim-v1` (they return [`Rejection::Unsupported`]).
+//! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate; AWS Nitro
+//! attestation documents (COSE_Sign1 ES384, chain to the pinned Nitro root G1, signatures
+//! checked through `sealdb-crypto`). Not yet here: AMD SEV-SNP and `sim-v1` (they return
+//! [`Rejection::Unsupported`]).
 //!
 //! ```no_run
 //! use sealdb_attest::{verify, Endorsements, Evidence, Format, Policy};
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod dcap;
+mod nitro;
 mod policy;
 
 pub use policy::Policy;
@@ -74,6 +77,7 @@ pub struct Evidence<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Endorsements {
     dcap: Option<dcap_qvl::QuoteCollateralV3>,
+    nitro_root: Option<Vec<u8>>,
 }
 
 impl Endorsements {
@@ -84,7 +88,16 @@ impl Endorsements {
             what: "DCAP collateral",
             detail: e.to_string(),
         })?;
-        Ok(Endorsements { dcap: Some(c) })
+        Ok(Endorsements {
+            dcap: Some(c),
+            ..Endorsements::default()
+        })
+    }
+
+    /// A Nitro root certificate (DER) to trust instead of the pinned AWS Nitro root G1.
+    pub fn with_nitro_root(mut self, der: Vec<u8>) -> Self {
+        self.nitro_root = Some(der);
+        self
     }
 }
 
@@ -160,6 +173,7 @@ pub fn verify(
     }
     let claims = match evidence.format {
         Format::Sgx | Format::Tdx => dcap::verify(evidence, endorsements, policy, now)?,
+        Format::Nitro => nitro::verify(evidence, endorsements, policy, now)?,
         other => return Err(Rejection::Unsupported(other)),
     };
     if let Some(expected) = expected_report_data {

@@ -215,6 +215,49 @@ impl AeadKey {
     }
 }
 
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// SHA-384 of `data`.
+pub fn sha384(data: &[u8]) -> [u8; 48] {
+    let d = ring::digest::digest(&ring::digest::SHA384, data);
+    let mut out = [0u8; 48];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// How an ECDSA signature is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcdsaEncoding {
+    /// DER `SEQUENCE { r, s }` (X.509 certificates).
+    Asn1,
+    /// `r ‖ s`, each 48 bytes (COSE).
+    Fixed,
+}
+
+/// Verifies an ECDSA P-384 / SHA-384 signature over `message` with an uncompressed SEC1
+/// public key (as found in a certificate's SubjectPublicKeyInfo).
+pub fn verify_ecdsa_p384_sha384(
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    encoding: EcdsaEncoding,
+) -> Result<(), CryptoError> {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED};
+    let alg = match encoding {
+        EcdsaEncoding::Asn1 => &ECDSA_P384_SHA384_ASN1,
+        EcdsaEncoding::Fixed => &ECDSA_P384_SHA384_FIXED,
+    };
+    UnparsedPublicKey::new(alg, public_key)
+        .verify(message, signature)
+        .map_err(|_| CryptoError::Authentication)
+}
+
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
@@ -322,6 +365,18 @@ mod tests {
         master.verify_check_value(b"store", &kcv).unwrap();
         let wrong = AeadKey::new(&SecretKey::generate().unwrap());
         assert!(wrong.verify_check_value(b"store", &kcv).is_err());
+    }
+
+    #[test]
+    fn digests_known_answers() {
+        assert_eq!(
+            hex::encode(sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex::encode(sha384(b"abc")),
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+        );
     }
 
     #[test]

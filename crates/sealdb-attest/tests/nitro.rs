@@ -1,0 +1,146 @@
+//! AWS Nitro attestation documents from real enclaves (`../shared/testvectors/nitro`).
+
+use sealdb_attest::{verify, Claims, Endorsements, Evidence, Format, Policy, Rejection};
+
+const REF: u64 = 1_736_179_625;
+const DEBUG_REF: u64 = 1_665_583_200;
+const TODAY: u64 = 1_796_256_000;
+
+fn vector(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testvectors/nitro")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn check(doc: &[u8], e: &Endorsements, policy: &Policy, now: u64) -> Result<Claims, Rejection> {
+    verify(
+        &Evidence {
+            format: Format::Nitro,
+            bytes: doc,
+        },
+        e,
+        policy,
+        None,
+        now,
+    )
+}
+
+#[test]
+fn real_document_is_accepted_at_its_time_and_rejected_today() {
+    let doc = vector("attestation.cose");
+    let c = check(&doc, &Endorsements::default(), &Policy::default(), REF).unwrap();
+    assert!(!c.debug);
+    assert_eq!(c.measurements["pcr0"].len(), 96);
+    assert!(c.measurements["module_id"].starts_with("i-0bee92034f3d60691"));
+    let r = check(&doc, &Endorsements::default(), &Policy::default(), TODAY);
+    assert!(
+        matches!(r, Err(Rejection::NotAuthentic(ref m)) if m.contains("not valid")),
+        "{r:?}"
+    );
+    // Pinning a PCR in the policy.
+    let pinned = Policy::from_toml(&format!(
+        "[measurements]\npcr0 = [\"{}\"]\n",
+        c.measurements["pcr0"]
+    ))
+    .unwrap();
+    check(&doc, &Endorsements::default(), &pinned, REF).unwrap();
+    let other = Policy::from_toml("[measurements]\npcr0 = [\"00\"]\n").unwrap();
+    assert!(matches!(
+        check(&doc, &Endorsements::default(), &other, REF),
+        Err(Rejection::Policy(_))
+    ));
+}
+
+#[test]
+fn debug_enclave_is_refused_by_default_but_its_signature_is_valid() {
+    let doc = vector("debug-mode-doc.cbor");
+    assert_eq!(
+        check(
+            &doc,
+            &Endorsements::default(),
+            &Policy::default(),
+            DEBUG_REF
+        ),
+        Err(Rejection::Debug)
+    );
+    let lax = Policy {
+        allow_debug: true,
+        ..Policy::default()
+    };
+    let c = check(&doc, &Endorsements::default(), &lax, DEBUG_REF).unwrap();
+    assert!(c.debug);
+}
+
+#[test]
+fn the_root_is_pinned() {
+    let doc = vector("attestation.cose");
+    // The test vectors' root file is the same certificate as the pinned fingerprint.
+    let pem = String::from_utf8(vector("aws-nitro-root-g1.pem")).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let root = base64_decode(&b64);
+    check(
+        &doc,
+        &Endorsements::default().with_nitro_root(root),
+        &Policy::default(),
+        REF,
+    )
+    .unwrap();
+    // Another root (here: the leaf of the chain) is not trusted.
+    let other = Endorsements::default().with_nitro_root(vector("chain-4.der"));
+    assert!(matches!(
+        check(&doc, &other, &Policy::default(), REF),
+        Err(Rejection::NotAuthentic(_))
+    ));
+}
+
+#[test]
+fn a_flipped_byte_is_rejected_and_garbage_never_panics() {
+    let doc = vector("attestation.cose");
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let pos = (x % doc.len() as u64) as usize;
+        let mut bad = doc.clone();
+        bad[pos] ^= 1 << (x >> 61);
+        assert!(
+            check(&bad, &Endorsements::default(), &Policy::default(), REF).is_err(),
+            "flip at {pos} accepted"
+        );
+    }
+    for cut in [0, 1, 10, doc.len() / 2, doc.len() - 1] {
+        assert!(matches!(
+            check(
+                &doc[..cut],
+                &Endorsements::default(),
+                &Policy::default(),
+                REF
+            ),
+            Err(_)
+        ));
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => 0,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= u32::from(val(*c)) << (18 - 6 * i);
+        }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len()]);
+    }
+    out
+}
