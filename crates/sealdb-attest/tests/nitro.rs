@@ -111,15 +111,16 @@ fn a_flipped_byte_is_rejected_and_garbage_never_panics() {
         );
     }
     for cut in [0, 1, 10, doc.len() / 2, doc.len() - 1] {
-        assert!(matches!(
-            check(
-                &doc[..cut],
-                &Endorsements::default(),
-                &Policy::default(),
-                REF
-            ),
-            Err(_)
-        ));
+        let r = check(
+            &doc[..cut],
+            &Endorsements::default(),
+            &Policy::default(),
+            REF,
+        );
+        assert!(
+            matches!(r, Err(Rejection::Malformed { .. })),
+            "cut at {cut}: {r:?}"
+        );
     }
 }
 
