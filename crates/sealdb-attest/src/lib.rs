@@ -28,6 +28,7 @@
 mod dcap;
 mod nitro;
 mod policy;
+mod snp;
 
 pub use policy::Policy;
 
@@ -78,6 +79,7 @@ pub struct Evidence<'a> {
 pub struct Endorsements {
     dcap: Option<dcap_qvl::QuoteCollateralV3>,
     nitro_root: Option<Vec<u8>>,
+    snp_vcek: Option<Vec<u8>>,
 }
 
 impl Endorsements {
@@ -92,6 +94,12 @@ impl Endorsements {
             dcap: Some(c),
             ..Endorsements::default()
         })
+    }
+
+    /// The VCEK certificate (DER) that signed an SEV-SNP report.
+    pub fn with_snp_vcek(mut self, der: Vec<u8>) -> Self {
+        self.snp_vcek = Some(der);
+        self
     }
 
     /// A Nitro root certificate (DER) to trust instead of the pinned AWS Nitro root G1.
@@ -174,6 +182,7 @@ pub fn verify(
     let claims = match evidence.format {
         Format::Sgx | Format::Tdx => dcap::verify(evidence, endorsements, policy, now)?,
         Format::Nitro => nitro::verify(evidence, endorsements, policy, now)?,
+        Format::Snp => snp::verify(evidence, endorsements, policy, now)?,
         other => return Err(Rejection::Unsupported(other)),
     };
     if let Some(expected) = expected_report_data {

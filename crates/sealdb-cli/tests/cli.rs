@@ -310,3 +310,55 @@ fn attest_verify_prints_claims_or_the_reason() {
     ]);
     assert!(String::from_utf8_lossy(&debug.stderr).contains("debug mode"));
 }
+
+#[test]
+fn attest_verify_snp_and_nitro() {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testvectors");
+    let (rep, vcek) = (
+        base.join("snp/report_milan.hex"),
+        base.join("snp/vcek_milan.der"),
+    );
+    let claims: serde_json::Value = serde_json::from_str(&ok(&[
+        "attest",
+        "verify",
+        "--format",
+        "snp",
+        "--evidence",
+        p(&rep),
+        "--vcek",
+        p(&vcek),
+    ]))
+    .unwrap();
+    assert_eq!(claims["versions"]["vmpl"], 0);
+    let bad = sealdb(&[
+        "attest",
+        "verify",
+        "--format",
+        "snp",
+        "--evidence",
+        p(&rep),
+        "--vcek",
+        p(&base.join("snp/vcek-invalid.der")),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let doc = base.join("nitro/attestation.cose");
+    ok(&[
+        "attest",
+        "verify",
+        "--format",
+        "nitro",
+        "--evidence",
+        p(&doc),
+        "--at",
+        "1736179625",
+    ]);
+    let today = sealdb(&[
+        "attest",
+        "verify",
+        "--format",
+        "nitro",
+        "--evidence",
+        p(&doc),
+    ]);
+    assert!(String::from_utf8_lossy(&today.stderr).contains("not valid"));
+}

@@ -1,0 +1,218 @@
+//! AMD SEV-SNP attestation reports, verified with the `sev` crate plus our own checks.
+//!
+//! `sev` checks that the ARK is self-signed, ARK → ASK → VCEK, and the report's signature
+//! with the VCEK; the AMD roots are its built-in Milan, Genoa and Turin certificates. `sev`
+//! does not check certificate dates or what the VCEK was issued for, so this module adds:
+//! every certificate valid at `now`; the report's reported TCB equal to the TCB in the VCEK's
+//! AMD extensions; the guest policy's debug bit refused unless the policy allows debug; and
+//! the report re-encodes to exactly the bytes given (the signature check runs on `sev`'s
+//! re-encoding, which would otherwise ignore bytes it does not parse).
+
+use std::collections::BTreeMap;
+
+use der::Decode;
+use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
+use sev::firmware::guest::AttestationReport;
+use sev::parser::ByteParser;
+
+use crate::{Claims, Endorsements, Evidence, Format, Policy, Rejection};
+
+/// AMD VCEK extensions (X.509 OIDs) holding the TCB the key was issued for.
+const TCB_OIDS: [(&str, &str); 4] = [
+    ("1.3.6.1.4.1.3704.1.3.1", "bootloader"),
+    ("1.3.6.1.4.1.3704.1.3.2", "tee"),
+    ("1.3.6.1.4.1.3704.1.3.3", "snp"),
+    ("1.3.6.1.4.1.3704.1.3.8", "microcode"),
+];
+
+fn malformed(what: &'static str, detail: impl Into<String>) -> Rejection {
+    Rejection::Malformed {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// Validity window and AMD TCB extensions of a DER certificate.
+struct CertFacts {
+    not_before: u64,
+    not_after: u64,
+    tcb: BTreeMap<&'static str, u64>,
+}
+
+fn cert_facts(der_bytes: &[u8], which: &str) -> Result<CertFacts, Rejection> {
+    let c = x509_cert::Certificate::from_der(der_bytes)
+        .map_err(|e| malformed("SEV-SNP certificate", format!("{which}: {e}")))?;
+    let v = &c.tbs_certificate.validity;
+    let mut tcb = BTreeMap::new();
+    for ext in c.tbs_certificate.extensions.iter().flatten() {
+        let oid = ext.extn_id.to_string();
+        if let Some((_, name)) = TCB_OIDS.iter().find(|(o, _)| *o == oid) {
+            // The value is a DER INTEGER.
+            let n = der::asn1::Int::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| malformed("SEV-SNP certificate", format!("{which} {name}: {e}")))?;
+            let b = n.as_bytes();
+            let value = b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x));
+            tcb.insert(*name, value);
+        }
+    }
+    Ok(CertFacts {
+        not_before: v.not_before.to_unix_duration().as_secs(),
+        not_after: v.not_after.to_unix_duration().as_secs(),
+        tcb,
+    })
+}
+
+fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64_decode(b64.trim())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len().max(1)]);
+    }
+    Some(out)
+}
+
+pub(crate) fn verify(
+    evidence: &Evidence<'_>,
+    endorsements: &Endorsements,
+    policy: &Policy,
+    now: u64,
+) -> Result<Claims, Rejection> {
+    let report = AttestationReport::from_bytes(evidence.bytes)
+        .map_err(|e| malformed("SEV-SNP report", e.to_string()))?;
+    // `sev` checks the signature over its own re-encoding of the parsed report, which drops
+    // fields it does not keep (reserved bytes). Only a report that re-encodes to exactly the
+    // bytes given is accepted, so every signed byte is covered.
+    let canonical = report
+        .to_bytes()
+        .map_err(|e| malformed("SEV-SNP report", e.to_string()))?;
+    if canonical.as_ref() != evidence.bytes {
+        return Err(malformed(
+            "SEV-SNP report",
+            "non-canonical encoding (reserved bytes or fields the parser does not keep)",
+        ));
+    }
+    let t = &report.reported_tcb;
+    let mut versions = BTreeMap::from([
+        ("vmpl".to_string(), u64::from(report.vmpl)),
+        ("guest_svn".to_string(), u64::from(report.guest_svn)),
+        ("report_version".to_string(), u64::from(report.version)),
+        ("tcb_bootloader".to_string(), u64::from(t.bootloader)),
+        ("tcb_tee".to_string(), u64::from(t.tee)),
+        ("tcb_snp".to_string(), u64::from(t.snp)),
+        ("tcb_microcode".to_string(), u64::from(t.microcode)),
+    ]);
+    versions.insert("policy".to_string(), u64::from(report.policy));
+    let measurements = BTreeMap::from([
+        ("measurement".to_string(), hex::encode(report.measurement)),
+        ("host_data".to_string(), hex::encode(report.host_data)),
+        ("family_id".to_string(), hex::encode(report.family_id)),
+        ("image_id".to_string(), hex::encode(report.image_id)),
+    ]);
+    let claims = Claims {
+        format: Format::Snp,
+        measurements,
+        versions,
+        tcb_status: "NotApplicable".into(),
+        advisories: Vec::new(),
+        debug: report.policy.debug_allowed(),
+        report_data: hex::encode(report.report_data),
+        verified_at: now,
+    };
+    if claims.debug && !policy.allow_debug {
+        return Err(Rejection::Debug);
+    }
+
+    let vcek_der = endorsements
+        .snp_vcek
+        .as_deref()
+        .ok_or(Rejection::MissingEndorsement(
+            "the VCEK certificate (--vcek)",
+        ))?;
+    let vcek = Certificate::from_der(vcek_der)
+        .map_err(|e| malformed("VCEK certificate", e.to_string()))?;
+    // The product's roots: whichever built-in ARK/ASK pair signs this VCEK.
+    let roots = [
+        (builtin::milan::ARK, builtin::milan::ASK),
+        (builtin::genoa::ARK, builtin::genoa::ASK),
+        (builtin::turin::ARK, builtin::turin::ASK),
+    ];
+    let mut chain = None;
+    for (ark_pem, ask_pem) in roots {
+        let (Ok(ark), Ok(ask)) = (
+            Certificate::from_pem(ark_pem),
+            Certificate::from_pem(ask_pem),
+        ) else {
+            continue;
+        };
+        let c = Chain {
+            ca: ca::Chain { ark, ask },
+            vek: vcek.clone(),
+        };
+        if (&c).verify().is_ok() {
+            chain = Some((c, ark_pem, ask_pem));
+            break;
+        }
+    }
+    let (chain, ark_pem, ask_pem) = chain.ok_or_else(|| {
+        Rejection::NotAuthentic("the VCEK does not chain to an AMD root (ARK/ASK)".into())
+    })?;
+    for (bytes, which) in [
+        (pem_to_der(ark_pem).unwrap_or_default(), "ARK"),
+        (pem_to_der(ask_pem).unwrap_or_default(), "ASK"),
+        (vcek_der.to_vec(), "VCEK"),
+    ] {
+        let facts = cert_facts(&bytes, which)?;
+        if now < facts.not_before || now > facts.not_after {
+            return Err(Rejection::NotAuthentic(format!(
+                "the {which} certificate is not valid at {now} (valid {} to {})",
+                facts.not_before, facts.not_after
+            )));
+        }
+    }
+    (&chain, &report)
+        .verify()
+        .map_err(|e| Rejection::NotAuthentic(format!("report signature: {e}")))?;
+    let vcek_tcb = cert_facts(vcek_der, "VCEK")?.tcb;
+    for (name, reported) in [
+        ("bootloader", u64::from(t.bootloader)),
+        ("tee", u64::from(t.tee)),
+        ("snp", u64::from(t.snp)),
+        ("microcode", u64::from(t.microcode)),
+    ] {
+        match vcek_tcb.get(name) {
+            Some(v) if *v == reported => {}
+            Some(v) => {
+                return Err(Rejection::NotAuthentic(format!(
+                    "reported TCB {name} {reported} differs from the VCEK's {v}"
+                )))
+            }
+            None => {
+                return Err(Rejection::NotAuthentic(format!(
+                    "the VCEK has no {name} TCB extension"
+                )))
+            }
+        }
+    }
+    Ok(claims)
+}

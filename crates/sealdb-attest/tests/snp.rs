@@ -1,0 +1,129 @@
+//! AMD SEV-SNP reports from real hardware (`../shared/testvectors/snp`).
+
+use sealdb_attest::{verify, Claims, Endorsements, Evidence, Format, Policy, Rejection};
+
+const TODAY: u64 = 1_796_256_000;
+/// After the sample VCEKs expire (2030).
+const YEAR_2032: u64 = 1_956_528_000;
+
+fn vector(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testvectors/snp")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn report(name: &str) -> Vec<u8> {
+    let raw = vector(name);
+    if name.ends_with(".hex") {
+        let text: String = String::from_utf8(raw)
+            .unwrap()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        hex::decode(text).unwrap()
+    } else {
+        raw
+    }
+}
+
+fn check(rep: &[u8], vcek: &str, policy: &Policy, now: u64) -> Result<Claims, Rejection> {
+    let e = Endorsements::default().with_snp_vcek(vector(vcek));
+    verify(
+        &Evidence {
+            format: Format::Snp,
+            bytes: rep,
+        },
+        &e,
+        policy,
+        None,
+        now,
+    )
+}
+
+#[test]
+fn both_milan_samples_are_accepted_today_and_not_after_their_vcek_expires() {
+    for (rep, vcek) in [
+        ("report_milan.hex", "vcek_milan.der"),
+        ("trustee-report.bin", "trustee-vcek.der"),
+    ] {
+        let r = report(rep);
+        let c = check(&r, vcek, &Policy::default(), TODAY).unwrap_or_else(|e| panic!("{rep}: {e}"));
+        assert_eq!(c.versions["vmpl"], 0, "{rep}");
+        assert!(!c.debug);
+        assert_eq!(c.measurements["measurement"].len(), 96);
+        let later = check(&r, vcek, &Policy::default(), YEAR_2032);
+        assert!(
+            matches!(later, Err(Rejection::NotAuthentic(ref m)) if m.contains("not valid")),
+            "{later:?}"
+        );
+    }
+}
+
+#[test]
+fn a_vcek_that_does_not_chain_or_belongs_to_another_chip_is_rejected() {
+    let r = report("report_milan.hex");
+    assert!(matches!(
+        check(&r, "vcek-invalid.der", &Policy::default(), TODAY),
+        Err(Rejection::NotAuthentic(_))
+    ));
+    // A genuine VCEK of another chip does not verify this report's signature.
+    assert!(matches!(
+        check(&r, "trustee-vcek.der", &Policy::default(), TODAY),
+        Err(Rejection::NotAuthentic(_))
+    ));
+    let none = Endorsements::default();
+    let r2 = verify(
+        &Evidence {
+            format: Format::Snp,
+            bytes: &r,
+        },
+        &none,
+        &Policy::default(),
+        None,
+        TODAY,
+    );
+    assert!(matches!(r2, Err(Rejection::MissingEndorsement(_))));
+}
+
+#[test]
+fn a_flipped_byte_in_the_signed_part_is_rejected() {
+    // The signature covers bytes 0x000..0x2A0; the signature itself is at 0x2A0..0x4A0.
+    let r = report("report_milan.hex");
+    let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let pos = (x % 0x2A0) as usize;
+        let mut bad = r.clone();
+        bad[pos] ^= 1 << (x >> 61);
+        assert!(
+            check(&bad, "vcek_milan.der", &Policy::default(), TODAY).is_err(),
+            "flip at {pos} accepted"
+        );
+    }
+    for cut in [0, 100, r.len() - 1] {
+        assert!(matches!(
+            check(&r[..cut], "vcek_milan.der", &Policy::default(), TODAY),
+            Err(Rejection::Malformed { .. })
+        ));
+    }
+}
+
+#[test]
+fn policy_pins_the_measurement_and_vmpl() {
+    let r = report("report_milan.hex");
+    let c = check(&r, "vcek_milan.der", &Policy::default(), TODAY).unwrap();
+    let pinned = Policy::from_toml(&format!(
+        "formats = [\"snp\"]\n[measurements]\nmeasurement = [\"{}\"]\n[versions]\nvmpl = 0\n",
+        c.measurements["measurement"]
+    ))
+    .unwrap();
+    check(&r, "vcek_milan.der", &pinned, TODAY).unwrap();
+    let wrong = Policy::from_toml("[versions]\nvmpl = 1\n").unwrap();
+    assert!(matches!(
+        check(&r, "vcek_milan.der", &wrong, TODAY),
+        Err(Rejection::Policy(_))
+    ));
+}
