@@ -172,6 +172,9 @@ enum AttestCommand {
         /// Judge at this time (Unix seconds); default now.
         #[arg(long)]
         at: Option<u64>,
+        /// Verify this many times and print verifications per second (benchmark).
+        #[arg(long)]
+        repeat: Option<u32>,
     },
 }
 
@@ -451,6 +454,7 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
         policy,
         report_data,
         at,
+        repeat,
     } = cmd;
     let bytes = binary_or_hex(read_file(&evidence, "evidence")?);
     let mut endorsements = sealdb_attest::Endorsements::default();
@@ -496,6 +500,20 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
         format,
         bytes: &bytes,
     };
+    if let Some(n) = repeat {
+        let t = std::time::Instant::now();
+        let mut accepted = 0u32;
+        for _ in 0..n {
+            let r = sealdb_attest::verify(&ev, &endorsements, &policy, expected.as_deref(), now);
+            accepted += u32::from(r.is_ok());
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "format={format:?} verifications={n} accepted={accepted} verifications_per_s={:.0}",
+            f64::from(n) / s
+        );
+        return Ok(());
+    }
     match sealdb_attest::verify(&ev, &endorsements, &policy, expected.as_deref(), now) {
         Ok(claims) => {
             println!(
