@@ -5,9 +5,10 @@
 //! clock inside: collateral is passed in ([`Endorsements`]) and time is a parameter, so real
 //! samples with expired collateral verify at their reference time and fail today.
 //!
-//! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate; AWS Nitro
-//! attestation documents (COSE_Sign1 ES384, chain to the pinned Nitro root G1, signatures
-//! checked through `sealdb-crypto`). Not yet here: AMD SEV-SNP and `sim-v1` (they return
+//! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate; AMD SEV-SNP
+//! reports through the `sev` crate plus our own date, TCB, debug and encoding checks; AWS
+//! Nitro attestation documents (COSE_Sign1 ES384, chain to the pinned Nitro root G1,
+//! signatures checked through `sealdb-crypto`). Not yet here: `sim-v1` (it returns
 //! [`Rejection::Unsupported`]).
 //!
 //! ```no_run
@@ -190,6 +191,45 @@ pub fn verify(
     }
     policy.evaluate(&claims)?;
     Ok(claims)
+}
+
+/// The DER inside a PEM certificate (the first `-----BEGIN …-----` block); `None` if it is
+/// not valid base64.
+pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64_decode(b64.trim())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 fn check_report_data(actual_hex: &str, expected: &[u8]) -> Result<(), Rejection> {

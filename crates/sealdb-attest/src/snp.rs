@@ -62,36 +62,6 @@ fn cert_facts(der_bytes: &[u8], which: &str) -> Result<CertFacts, Rejection> {
     })
 }
 
-fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64_decode(b64.trim())
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= val(*c)? << (18 - 6 * i);
-        }
-        let b = n.to_be_bytes();
-        out.extend_from_slice(&b[1..chunk.len().max(1)]);
-    }
-    Some(out)
-}
-
 pub(crate) fn verify(
     evidence: &Evidence<'_>,
     endorsements: &Endorsements,
@@ -178,8 +148,8 @@ pub(crate) fn verify(
         Rejection::NotAuthentic("the VCEK does not chain to an AMD root (ARK/ASK)".into())
     })?;
     for (bytes, which) in [
-        (pem_to_der(ark_pem).unwrap_or_default(), "ARK"),
-        (pem_to_der(ask_pem).unwrap_or_default(), "ASK"),
+        (crate::pem_to_der(ark_pem).unwrap_or_default(), "ARK"),
+        (crate::pem_to_der(ask_pem).unwrap_or_default(), "ASK"),
         (vcek_der.to_vec(), "VCEK"),
     ] {
         let facts = cert_facts(&bytes, which)?;

@@ -76,9 +76,7 @@ fn debug_enclave_is_refused_by_default_but_its_signature_is_valid() {
 fn the_root_is_pinned() {
     let doc = vector("attestation.cose");
     // The test vectors' root file is the same certificate as the pinned fingerprint.
-    let pem = String::from_utf8(vector("aws-nitro-root-g1.pem")).unwrap();
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let root = base64_decode(&b64);
+    let root = sealdb_attest::pem_to_der(&vector("aws-nitro-root-g1.pem")).unwrap();
     check(
         &doc,
         &Endorsements::default().with_nitro_root(root),
@@ -122,26 +120,4 @@ fn a_flipped_byte_is_rejected_and_garbage_never_panics() {
             "cut at {cut}: {r:?}"
         );
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => 0,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(val(*c)) << (18 - 6 * i);
-        }
-        let b = n.to_be_bytes();
-        out.extend_from_slice(&b[1..chunk.len()]);
-    }
-    out
 }

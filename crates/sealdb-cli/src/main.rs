@@ -422,29 +422,6 @@ fn binary_or_hex(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= val(*c)? << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len().max(1)]);
-    }
-    Some(out)
-}
-
 fn attest(cmd: AttestCommand) -> Result<(), Failure> {
     let AttestCommand::Verify {
         format,
@@ -467,9 +444,8 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
     if let Some(v) = &vcek {
         let bytes = read_file(v, "VCEK")?;
         let der = if bytes.starts_with(b"-----BEGIN") {
-            let text = String::from_utf8_lossy(&bytes);
-            let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-            decode_base64(b64.trim()).ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
+            sealdb_attest::pem_to_der(&bytes)
+                .ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
         } else {
             bytes
         };

@@ -1598,6 +1598,13 @@ impl Inner {
         if due.is_empty() {
             return Ok(0);
         }
+        // GC skipped entries that newer writes superseded; those writes must survive a crash,
+        // or the old versions (pointing into the files about to go) would come back.
+        {
+            let mut c = self.commit.lock();
+            let synced = c.sync_all(&self.vlog, self.storage.as_ref());
+            self.poison_on_err(synced)?;
+        }
         for no in &due {
             self.vlog.set_state(*no, vlog::FileState::Deleting);
         }

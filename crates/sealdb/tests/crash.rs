@@ -10,7 +10,7 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sealdb::fs::MemStorage;
-use sealdb::{Db, Error, IterOptions, Options};
+use sealdb::{Db, Error, Options};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -20,16 +20,6 @@ fn mem_options(mem: &MemStorage, sync: bool) -> Options {
         sync_writes: sync,
         ..small_options(true)
     }
-}
-
-fn contents(db: &Db) -> Model {
-    db.iter(IterOptions::default())
-        .unwrap()
-        .map(|kv| {
-            let kv = kv.unwrap();
-            (kv.key, kv.value)
-        })
-        .collect()
 }
 
 /// Applies one random commit to the store and the model.

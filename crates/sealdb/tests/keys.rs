@@ -2,22 +2,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
 use sealdb::{Db, Error, IterOptions, KeyState, Options};
-
-fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.iter(IterOptions::default())
-        .unwrap()
-        .map(|kv| {
-            let kv = kv.unwrap();
-            (kv.key, kv.value)
-        })
-        .collect()
-}
 
 #[test]
 fn rotation_under_concurrent_writers_loses_nothing() {

@@ -22,16 +22,6 @@ fn vlog_options(encrypted: bool) -> Options {
     }
 }
 
-fn contents(db: &Db) -> Model {
-    db.iter(IterOptions::default())
-        .unwrap()
-        .map(|kv| {
-            let kv = kv.unwrap();
-            (kv.key, kv.value)
-        })
-        .collect()
-}
-
 fn value(rng: &mut StdRng) -> Vec<u8> {
     let len = if rng.gen_bool(0.5) {
         rng.gen_range(0..200)

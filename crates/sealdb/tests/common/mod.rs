@@ -25,6 +25,17 @@ pub fn small_options(encrypted: bool) -> Options {
     }
 }
 
+/// Everything a store holds, by a full scan.
+pub fn contents(db: &sealdb::Db) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    db.iter(sealdb::IterOptions::default())
+        .unwrap()
+        .map(|kv| {
+            let kv = kv.unwrap();
+            (kv.key, kv.value)
+        })
+        .collect()
+}
+
 /// Every file in `dir` with its bytes.
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
