@@ -106,7 +106,7 @@ pub(crate) fn run_master(a: &MasterBenchArgs) -> Result<(), Failure> {
         stop.store(true, Ordering::Relaxed);
     });
     db.close()?;
-    println!(
+    say!(
         "engine=sealdb keys={} setup_s={:.1} master_rotation_ms={:.1} max_put_ms_before={:.2} max_put_ms_during={:.2} puts={} failed={}",
         a.keys,
         setup,
@@ -234,7 +234,7 @@ pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
             a.n
         )));
     }
-    println!(
+    say!(
         "engine=sealdb enc={} n={} vsz={} fill_ops_s={:.0} read_ops_s={:.0} scan_ops_s={:.0} scanned={}",
         a.encryption,
         a.n,

@@ -12,14 +12,14 @@ pub(crate) fn run() -> Result<(), Failure> {
     let wrong_key = tmp.path().join("wrong.key");
     crate::keygen(&key_file)?;
     crate::keygen(&wrong_key)?;
-    println!(
+    say!(
         "1. master key written to {} (mode 0600)",
         key_file.display()
     );
 
     let opts = Options::default().with_key_file(&key_file)?;
     let db = Db::open(&dir, opts.clone())?;
-    println!(
+    say!(
         "2. created an encrypted store (AES-256-GCM) in {}",
         dir.display()
     );
@@ -37,24 +37,24 @@ pub(crate) fn run() -> Result<(), Failure> {
         )?;
     }
     batch.commit()?;
-    println!("3. wrote 3 keys in a transaction and 10000 keys in a write batch");
+    say!("3. wrote 3 keys in a transaction and 10000 keys in a write batch");
 
     let v = db
         .get(b"user/1/name")?
         .ok_or_else(|| fail("user/1/name missing"))?;
-    println!("4. read user/1/name = {}", String::from_utf8_lossy(&v));
-    print!("5. scan prefix user/:");
+    say!("4. read user/1/name = {}", String::from_utf8_lossy(&v));
+    say_inline!("5. scan prefix user/:");
     for kv in db.iter(IterOptions::prefix(b"user/"))? {
         let kv = kv?;
-        print!(
+        say_inline!(
             " {}={}",
             String::from_utf8_lossy(&kv.key),
             String::from_utf8_lossy(&kv.value)
         );
     }
-    println!();
+    say!();
     db.close()?;
-    println!("6. closed the store (memtable flushed to an encrypted table)");
+    say!("6. closed the store (memtable flushed to an encrypted table)");
 
     let marker = b"Grace Hopper";
     let mut plaintext_found = false;
@@ -63,32 +63,34 @@ pub(crate) fn run() -> Result<(), Failure> {
         let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
         if bytes.windows(marker.len()).any(|w| w == marker) {
             plaintext_found = true;
-            println!("   plaintext found in {}!", path.display());
+            say!("   plaintext found in {}!", path.display());
         }
     }
     if plaintext_found {
         return Err(fail("plaintext found on disk"));
     }
-    println!("7. searched every file in the store for \"Grace Hopper\": not found on disk");
+    say!("7. searched every file in the store for \"Grace Hopper\": not found on disk");
 
     match Db::open(&dir, Options::default().with_key_file(&wrong_key)?) {
-        Err(e) => println!("8. opening with a wrong key is refused: {e}"),
+        Err(e) => say!("8. opening with a wrong key is refused: {e}"),
         Ok(_) => return Err(fail("the wrong key was accepted")),
     }
 
     let report = sealdb::verify_store(&dir, &opts)?;
-    println!(
+    say!(
         "9. verify: {} tables, {} entries, {} WAL records authenticated",
-        report.tables, report.entries, report.wal_records
+        report.tables,
+        report.entries,
+        report.wal_records
     );
 
     let db = Db::open(&dir, opts)?;
     let n = db.iter(IterOptions::prefix(b"log/"))?.count();
-    println!(
+    say!(
         "10. reopened with the right key: {n} log entries, motto = {}",
         String::from_utf8_lossy(&db.get(b"config/motto")?.unwrap_or_default())
     );
-    println!("\nstore info:");
+    say!("\nstore info:");
     crate::print_info(&db.info()?, false);
     db.close()?;
     Ok(())

@@ -1,5 +1,22 @@
 //! `sealdb`: create, inspect, verify and benchmark sealdb stores.
 
+/// `println!` that treats a closed stdout (`sealdb … | head`) as the end of output, not a
+/// panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` counterpart of `say!`.
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod demo;
 
@@ -280,7 +297,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
             let db = Db::open(&store.dir, options(&store, true)?)?;
             let enc = db.info()?.encrypted;
             db.close()?;
-            println!(
+            say!(
                 "created {} store in {}",
                 if enc { "encrypted" } else { "unencrypted" },
                 store.dir.display()
@@ -288,7 +305,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Keygen { out } => {
             keygen(&out)?;
-            println!(
+            say!(
                 "wrote a new 32-byte master key to {} (mode 0600)",
                 out.display()
             );
@@ -309,7 +326,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
         Command::Get { store, hex, key } => {
             let db = open(&store)?;
             match db.get(&bytes_arg(&key, hex, "key")?)? {
-                Some(v) => println!("{}", show(&v, hex)),
+                Some(v) => say!("{}", show(&v, hex)),
                 None => return Err(Failure("not found".into(), 1)),
             }
         }
@@ -322,7 +339,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
             let db = open(&store)?;
             let n = load(&db, &tsv, hex)?;
             db.close()?;
-            println!("loaded {n} entries");
+            say!("loaded {n} entries");
         }
         Command::Scan {
             store,
@@ -349,9 +366,13 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Verify { store } => {
             let report = sealdb::verify_store(&store.dir, &options(&store, false)?)?;
-            println!(
+            say!(
                 "ok: {} tables ({} bytes, {} entries) and {} WAL files ({} records) authenticated",
-                report.tables, report.bytes, report.entries, report.wal_files, report.wal_records
+                report.tables,
+                report.bytes,
+                report.entries,
+                report.wal_files,
+                report.wal_records
             );
         }
         Command::Info { store, json } => {
@@ -367,7 +388,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
             let db = open(&store)?;
             let id = db.rotate_data_key()?;
             db.close()?;
-            println!("new active data key: {id}");
+            say!("new active data key: {id}");
         }
         Command::Keys { command } => keys(command)?,
         Command::Attest { command } => attest(command)?,
@@ -385,16 +406,18 @@ fn run(cmd: Command) -> Result<(), Failure> {
                 total.bytes_rewritten += r.bytes_rewritten;
             }
             db.close()?;
-            println!(
+            say!(
                 "collected {} value-log files: {} live entries ({} bytes) rewritten",
-                total.files_collected, total.entries_rewritten, total.bytes_rewritten
+                total.files_collected,
+                total.entries_rewritten,
+                total.bytes_rewritten
             );
         }
         Command::Flatten { store } => {
             let db = open(&store)?;
             db.flatten()?;
             db.close()?;
-            println!("flattened");
+            say!("flattened");
         }
         Command::Demo => demo::run()?,
         Command::Bench(args) => bench::run(&args)?,
@@ -484,7 +507,7 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
             accepted += u32::from(r.is_ok());
         }
         let s = t.elapsed().as_secs_f64();
-        println!(
+        say!(
             "format={format:?} verifications={n} accepted={accepted} verifications_per_s={:.0}",
             f64::from(n) / s
         );
@@ -492,7 +515,7 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
     }
     match sealdb_attest::verify(&ev, &endorsements, &policy, expected.as_deref(), now) {
         Ok(claims) => {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&claims).expect("JSON of plain values")
             );
@@ -514,14 +537,14 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             let db = open(&store)?;
             let id = db.rotate_data_key()?;
             db.close()?;
-            println!("new active data key: {id}");
+            say!("new active data key: {id}");
         }
         KeysCommand::Rekey { store, max_age } => {
             let db = open(&store)?;
             let t = std::time::Instant::now();
             let r = db.rekey(std::time::Duration::from_secs(max_age))?;
             db.close()?;
-            println!(
+            say!(
                 "rekeyed: {} rewrite tasks, {} bytes rewritten in {:.2}s; keys in use: {:?}",
                 r.tasks,
                 r.bytes_rewritten,
@@ -542,7 +565,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             db.rotate_master_key(std::sync::Arc::new(new))?;
             let took = t.elapsed();
             db.close()?;
-            println!(
+            say!(
                 "master key rotated in {:.1} ms; only {} opens the store now",
                 took.as_secs_f64() * 1000.0,
                 new_key_file.display()
@@ -571,15 +594,15 @@ fn print_keys(status: &sealdb::EncryptionStatus, json: bool) {
             "oldest_key_in_use_age_secs": status.oldest_key_in_use_age_secs,
             "keys": keys,
         });
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).expect("JSON of plain values")
         );
         return;
     }
-    println!("   id      created  state      units sealed  live files   live bytes");
+    say!("   id      created  state      units sealed  live files   live bytes");
     for k in &status.keys {
-        println!(
+        say!(
             "{:>5} {:>12}  {:<9} {:>13} {:>11} {:>12}",
             k.id,
             k.created,
@@ -661,13 +684,15 @@ fn print_key_shares(status: &sealdb::EncryptionStatus) {
         } else {
             100.0 * k.live_table_bytes as f64 / total as f64
         };
-        println!(
+        say!(
             "key {:>3}: {:5.1}% of live table bytes, {} live files",
-            k.id, share, k.live_files
+            k.id,
+            share,
+            k.live_files
         );
     }
     if let Some(age) = status.oldest_key_in_use_age_secs {
-        println!("oldest key in use: {age} s old");
+        say!("oldest key in use: {age} s old");
     }
 }
 
@@ -699,14 +724,14 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
                 "file": f.file, "bytes": f.bytes, "discardable_bytes": f.discardable_bytes,
                 "key_ids": f.key_ids})).collect::<Vec<_>>(),
         });
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).expect("JSON of plain values")
         );
         return;
     }
-    println!("store:      {}", info.location.display());
-    println!(
+    say!("store:      {}", info.location.display());
+    say!(
         "encryption: {}",
         if info.encrypted {
             format!("AES-256-GCM, active data key {}", info.active_key_id)
@@ -715,51 +740,58 @@ fn print_info(info: &sealdb::StoreInfo, json: bool) {
         }
     );
     for k in &info.keys {
-        println!(
+        say!(
             "  key {:>3}  created {}  {}",
             k.id,
             k.created,
             k.state.as_str()
         );
     }
-    println!("key ids in use by tables: {:?}", info.key_ids_in_use);
-    println!("level  tables        bytes      entries");
+    say!("key ids in use by tables: {:?}", info.key_ids_in_use);
+    say!("level  tables        bytes      entries");
     for l in info.levels.iter().filter(|l| l.tables > 0) {
-        println!(
+        say!(
             "L{:<5} {:>6} {:>12} {:>12}",
-            l.level, l.tables, l.bytes, l.entries
+            l.level,
+            l.tables,
+            l.bytes,
+            l.entries
         );
     }
-    println!(
+    say!(
         "memtables: {} ({} bytes), WAL files: {}",
         info.memtables,
         info.memtable_bytes,
         info.wal_files.join(", ")
     );
-    println!(
+    say!(
         "memory: block cache {} bytes, pinned index+filter {} bytes",
-        info.block_cache_bytes, info.pinned_index_filter_bytes
+        info.block_cache_bytes,
+        info.pinned_index_filter_bytes
     );
-    println!("last commit timestamp: {}", info.last_commit_ts);
+    say!("last commit timestamp: {}", info.last_commit_ts);
     let vbytes: u64 = info.value_log_files.iter().map(|f| f.bytes).sum();
     let vdiscard: u64 = info
         .value_log_files
         .iter()
         .map(|f| f.discardable_bytes)
         .sum();
-    println!(
+    say!(
         "value log: {} files, {} bytes, {} discardable",
         info.value_log_files.len(),
         vbytes,
         vdiscard
     );
     for f in &info.value_log_files {
-        println!(
+        say!(
             "  {}  {} bytes  {} discardable  keys {:?}",
-            f.file, f.bytes, f.discardable_bytes, f.key_ids
+            f.file,
+            f.bytes,
+            f.discardable_bytes,
+            f.key_ids
         );
     }
     for t in &info.discarded_wal_tails {
-        println!("discarded at open (torn WAL tail): {t}");
+        say!("discarded at open (torn WAL tail): {t}");
     }
 }
