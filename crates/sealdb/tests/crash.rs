@@ -50,7 +50,7 @@ fn random_commit(db: &Db, model: &mut Model, rng: &mut StdRng) -> sealdb::Result
 #[test]
 fn synced_commits_survive_crashes_with_torn_tails() {
     let mut rng = StdRng::seed_from_u64(7);
-    for round in 0..8 {
+    for round in 0..rounds(8) {
         let mem = MemStorage::new();
         let db = Db::open("", mem_options(&mem, true)).unwrap();
         let mut model = Model::new();
@@ -72,7 +72,7 @@ fn synced_commits_survive_crashes_with_torn_tails() {
 #[test]
 fn unsynced_crash_recovers_a_prefix_of_commits() {
     let mut rng = StdRng::seed_from_u64(8);
-    for round in 0..6 {
+    for round in 0..rounds(6) {
         let mem = MemStorage::new();
         let db = Db::open("", mem_options(&mem, false)).unwrap();
         let mut history = vec![Model::new()];

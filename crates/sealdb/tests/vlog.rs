@@ -45,7 +45,8 @@ fn gc_until_done(db: &Db) -> u64 {
 
 #[test]
 fn model_with_large_values_overwrites_gc_and_reopen() {
-    for (seed, encrypted) in [(21u64, true), (22, false)] {
+    for seed in 21..21 + rounds(2) {
+        let encrypted = seed % 2 == 1;
         let mut rng = StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), vlog_options(encrypted)).unwrap();
@@ -226,7 +227,9 @@ fn tampered_value_log_is_detected_and_never_returns_a_wrong_value() {
 #[test]
 fn crashes_and_faults_during_gc_lose_nothing() {
     let mut rng = StdRng::seed_from_u64(77);
-    for countdown in [0i64, 1, 2, 3, 5, 8, 13, 21, 40, 80, 160, 1000] {
+    let mut countdowns = vec![0i64, 1, 2, 3, 5, 8, 13, 21, 40, 80, 160, 1000];
+    countdowns.extend((0..rounds(1) as i64 - 1).map(|k| 3 + 7 * k));
+    for countdown in countdowns {
         let mem = MemStorage::new();
         let opts = Options {
             storage: Some(Arc::new(mem.clone())),

@@ -25,6 +25,16 @@ pub fn small_options(encrypted: bool) -> Options {
     }
 }
 
+/// How many rounds or seeds a randomized test runs: `default`, or more with
+/// `SEALDB_STRESS=N` (a multiplier) for longer runs outside CI.
+pub fn rounds(default: u64) -> u64 {
+    let k: u64 = std::env::var("SEALDB_STRESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    default * k.max(1)
+}
+
 /// Everything a store holds, by a full scan.
 pub fn contents(db: &sealdb::Db) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
     db.iter(sealdb::IterOptions::default())
