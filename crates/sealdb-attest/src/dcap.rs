@@ -44,6 +44,16 @@ pub(crate) fn verify(
         ))?;
     let verified = dcap_qvl::verify::verify(evidence.bytes, collateral, now)
         .map_err(|e| Rejection::NotAuthentic(format!("{e:#}")))?;
+    // dcap-qvl reports a revoked platform or quoting enclave as a status, not an error. A
+    // revoked TCB is never acceptable, whatever the policy says.
+    use dcap_qvl::tcb_info::TcbStatus;
+    let revoked = |s: &TcbStatus| matches!(s, TcbStatus::Revoked);
+    if revoked(&verified.platform_status.status) || revoked(&verified.qe_status.status) {
+        return Err(Rejection::NotAuthentic(format!(
+            "TCB revoked (platform {:?}, quoting enclave {:?})",
+            verified.platform_status.status, verified.qe_status.status
+        )));
+    }
     // The verified report is the one parsed above; take the claims from it to be sure.
     claims = claims_of(&verified.report, now);
     claims.tcb_status = verified.status;
