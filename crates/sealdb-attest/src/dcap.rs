@@ -42,7 +42,9 @@ pub(crate) fn verify(
         .ok_or(Rejection::MissingEndorsement(
             "DCAP collateral (--collateral)",
         ))?;
-    let verified = dcap_qvl::verify::verify(evidence.bytes, collateral, now)
+    let verified = dcap_qvl::verify::QuoteVerifier::new_prod()
+        .allow_debug(policy.allow_debug)
+        .verify(evidence.bytes, collateral, now)
         .map_err(|e| Rejection::NotAuthentic(format!("{e:#}")))?;
     // dcap-qvl reports a revoked platform or quoting enclave as a status, not an error. A
     // revoked TCB is never acceptable, whatever the policy says.
@@ -69,8 +71,18 @@ fn claims_of(report: &Report, now: u64) -> Claims {
             m.insert("mr_enclave".into(), hex::encode(r.mr_enclave));
             m.insert("mr_signer".into(), hex::encode(r.mr_signer));
             m.insert("attributes".into(), hex::encode(r.attributes));
+            m.insert("cpu_svn".into(), hex::encode(r.cpu_svn));
+            // Key Separation and Sharing fields live in the report's reserved areas.
+            m.insert("isv_ext_prod_id".into(), hex::encode(&r.reserved1[12..28]));
+            m.insert("config_id".into(), hex::encode(&r.reserved3[32..96]));
+            m.insert("isv_family_id".into(), hex::encode(&r.reserved4[44..60]));
             v.insert("isv_prod_id".into(), u64::from(r.isv_prod_id));
             v.insert("isv_svn".into(), u64::from(r.isv_svn));
+            v.insert("misc_select".into(), u64::from(r.misc_select));
+            v.insert(
+                "config_svn".into(),
+                u64::from(u16::from_le_bytes([r.reserved4[0], r.reserved4[1]])),
+            );
             (Format::Sgx, r.attributes[0] & SGX_DEBUG != 0, r.report_data)
         }
         Report::TD10(r) => td(r, &mut m, &mut v),
@@ -103,6 +115,9 @@ fn td(
     m.insert("rtmr3".into(), hex::encode(r.rt_mr3));
     m.insert("td_attributes".into(), hex::encode(r.td_attributes));
     m.insert("mr_seam".into(), hex::encode(r.mr_seam));
+    m.insert("mr_owner_config".into(), hex::encode(r.mr_owner_config));
+    m.insert("xfam".into(), hex::encode(r.xfam));
+    m.insert("tee_tcb_svn".into(), hex::encode(r.tee_tcb_svn));
     (
         Format::Tdx,
         r.td_attributes[0] & TDX_DEBUG != 0,

@@ -165,8 +165,11 @@ pub enum Rejection {
 }
 
 /// Verifies `evidence` against `endorsements` and `policy` at time `now` (Unix seconds).
-/// With `expected_report_data`, the evidence must bind exactly those bytes (up to 64; shorter
-/// values must match the start and the rest must be zero).
+/// With `expected_report_data`, the evidence must bind exactly those bytes: a shorter value
+/// must match the start of the bound data and the rest must be zero.
+///
+/// [`Rejection::Debug`] is decided before authenticity: it says the evidence claims debug
+/// mode, not that the evidence is genuine.
 pub fn verify(
     evidence: &Evidence<'_>,
     endorsements: &Endorsements,

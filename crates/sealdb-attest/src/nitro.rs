@@ -51,7 +51,11 @@ struct Sign1 {
 }
 
 fn parse_sign1(bytes: &[u8]) -> Result<Sign1, Rejection> {
-    let v: Value = ciborium::de::from_reader(bytes).map_err(|e| malformed(e.to_string()))?;
+    let mut rest = bytes;
+    let v: Value = ciborium::de::from_reader(&mut rest).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed("bytes after the COSE_Sign1 structure"));
+    }
     let v = match v {
         Value::Tag(18, inner) => *inner,
         other => other,
@@ -88,6 +92,8 @@ struct Cert {
     public_key: Vec<u8>,
     not_before: u64,
     not_after: u64,
+    /// basicConstraints cA (false when the extension is absent).
+    is_ca: bool,
 }
 
 fn parse_cert(der_bytes: &[u8], which: &str) -> Result<Cert, Rejection> {
@@ -98,7 +104,16 @@ fn parse_cert(der_bytes: &[u8], which: &str) -> Result<Cert, Rejection> {
         .to_der()
         .map_err(|e| malformed(format!("certificate {which}: {e}")))?;
     let v = &c.tbs_certificate.validity;
+    let mut is_ca = false;
+    for ext in c.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id.to_string() == "2.5.29.19" {
+            let bc = x509_cert::ext::pkix::BasicConstraints::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| malformed(format!("certificate {which} basicConstraints: {e}")))?;
+            is_ca = bc.ca;
+        }
+    }
     Ok(Cert {
+        is_ca,
         tbs,
         signature: c.signature.raw_bytes().to_vec(),
         algorithm: c.signature_algorithm.oid.to_string(),
@@ -166,8 +181,8 @@ pub(crate) fn verify(
         .and_then(Value::as_map)
         .ok_or_else(|| malformed("missing pcrs"))?;
     // In debug mode the enclave image PCRs (0, 1, 2) read as zeros; PCR3/4 (IAM role,
-    // instance) are still set by the host.
-    let mut image_pcrs_zero = 0;
+    // instance) are still set by the host. PCR0..2 must be present.
+    let mut image_pcrs = [None::<bool>; 3];
     for (k, v) in pcrs {
         let index = k
             .as_integer()
@@ -176,11 +191,20 @@ pub(crate) fn verify(
         let value = v
             .as_bytes()
             .ok_or_else(|| malformed("PCR value is not bytes"))?;
-        if (0..=2).contains(&index) && value.iter().all(|b| *b == 0) {
-            image_pcrs_zero += 1;
+        if let Some(slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| image_pcrs.get_mut(i))
+        {
+            if slot.is_some() {
+                return Err(malformed(format!("PCR{index} appears twice")));
+            }
+            *slot = Some(value.is_empty() || value.iter().all(|b| *b == 0));
         }
         measurements.insert(format!("pcr{index}"), hex::encode(value));
     }
+    let [Some(pcr0_zero), Some(_), Some(_)] = image_pcrs else {
+        return Err(malformed("PCR0, PCR1 or PCR2 is missing"));
+    };
     if let Some(id) = field(map, "module_id").and_then(Value::as_text) {
         measurements.insert("module_id".into(), id.to_string());
     }
@@ -194,8 +218,9 @@ pub(crate) fn verify(
         versions: BTreeMap::new(),
         tcb_status: "NotApplicable".into(),
         advisories: Vec::new(),
-        // A debug enclave's image PCRs are all zero: the host can read its memory.
-        debug: image_pcrs_zero == 3,
+        // A debug enclave's image PCRs are all zero: the host can read its memory. PCR0 (the
+        // image) alone decides, so a document cannot look non-debug by its other PCRs.
+        debug: pcr0_zero,
         report_data: hex::encode(&user_data),
         verified_at: now,
     };
@@ -230,9 +255,19 @@ pub(crate) fn verify(
     check_validity(root, "cabundle[0]", now)?;
     for i in 1..chain.len() {
         check_validity(&chain[i], &format!("cabundle[{i}]"), now)?;
+        if !chain[i].is_ca {
+            return Err(Rejection::NotAuthentic(format!(
+                "cabundle[{i}] is not a CA certificate"
+            )));
+        }
         check_signed_by(&chain[i], &chain[i - 1], &format!("cabundle[{i}]"))?;
     }
     check_validity(&leaf, "leaf", now)?;
+    if leaf.is_ca {
+        return Err(Rejection::NotAuthentic(
+            "the signing certificate is a CA certificate".into(),
+        ));
+    }
     check_signed_by(&leaf, chain.last().expect("non-empty"), "leaf")?;
 
     let to_sign = cbor(&Value::Array(vec![

@@ -22,18 +22,20 @@ use crate::{Claims, Format, Rejection};
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Allowed formats by name (`sgx`, `tdx`, `snp`, `nitro`, `sim`); empty: all but `sim`.
+    /// Allowed formats by name (`sgx`, `tdx`, `snp`, `nitro`, `sim`); absent: all but `sim`
+    /// (an empty list allows none).
     #[serde(default)]
-    pub formats: Vec<String>,
+    pub formats: Option<Vec<String>>,
     /// Accept debug-mode TEEs (never for real keys).
     #[serde(default)]
     pub allow_debug: bool,
     /// Accept the simulated TEE (development only).
     #[serde(default)]
     pub allow_insecure_simulation: bool,
-    /// Accepted platform TCB statuses; empty: any the vendor's collateral gives.
+    /// Accepted platform TCB statuses of formats that have one (DCAP); absent: any the
+    /// vendor's collateral gives (an empty list allows none).
     #[serde(default)]
-    pub allowed_tcb_statuses: Vec<String>,
+    pub allowed_tcb_statuses: Option<Vec<String>>,
     /// Reference measurements by claim name: the claim must equal one of the values (hex).
     #[serde(default)]
     pub measurements: BTreeMap<String, Vec<String>>,
@@ -65,7 +67,9 @@ impl Policy {
         if f == Format::Sim && !self.allow_insecure_simulation {
             return false;
         }
-        self.formats.is_empty() || self.formats.iter().any(|x| x == name)
+        self.formats
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|x| x == name))
     }
 
     /// Checks verified claims against the policy.
@@ -73,9 +77,12 @@ impl Policy {
         if c.debug && !self.allow_debug {
             return Err(Rejection::Debug);
         }
-        if !self.allowed_tcb_statuses.is_empty()
-            && !self.allowed_tcb_statuses.contains(&c.tcb_status)
-        {
+        let has_status = c.tcb_status != "NotApplicable";
+        let status_ok = self
+            .allowed_tcb_statuses
+            .as_ref()
+            .is_none_or(|list| list.contains(&c.tcb_status));
+        if has_status && !status_ok {
             return Err(Rejection::Policy(format!(
                 "TCB status {} is not allowed",
                 c.tcb_status

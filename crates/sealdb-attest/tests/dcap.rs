@@ -57,6 +57,9 @@ fn sgx_sample_is_accepted_at_its_reference_time_and_rejected_today() {
     }
     assert!(!c.debug);
     assert_eq!(c.measurements["mr_enclave"].len(), 64);
+    // Key Separation and Sharing identity is exposed so a policy can pin it.
+    assert_eq!(c.measurements["config_id"].len(), 128);
+    assert!(c.versions.contains_key("config_svn"));
     assert!(matches!(
         check(Format::Sgx, &q, &e, &Policy::default(), None, TODAY),
         Err(Rejection::NotAuthentic(_))

@@ -121,6 +121,15 @@ fn policy_pins_the_measurement_and_vmpl() {
     ))
     .unwrap();
     check(&r, "vcek_milan.der", &pinned, TODAY).unwrap();
+    // A status list applies only to evidence that has a TCB status (DCAP), not to SNP.
+    let dcap_statuses = Policy::from_toml("allowed_tcb_statuses = [\"UpToDate\"]\n").unwrap();
+    check(&r, "vcek_milan.der", &dcap_statuses, TODAY).unwrap();
+    // An empty list of formats allows none (absent would allow all).
+    let none = Policy::from_toml("formats = []\n").unwrap();
+    assert!(matches!(
+        check(&r, "vcek_milan.der", &none, TODAY),
+        Err(Rejection::Policy(_))
+    ));
     let wrong = Policy::from_toml("[versions]\nvmpl = 1\n").unwrap();
     assert!(matches!(
         check(&r, "vcek_milan.der", &wrong, TODAY),

@@ -481,7 +481,13 @@ fn attest(cmd: AttestCommand) -> Result<(), Failure> {
             sealdb_attest::Policy::from_toml(&text)
                 .map_err(|e| fail(format!("{}: {e}", p.display())))?
         }
-        None => sealdb_attest::Policy::default(),
+        None => {
+            eprintln!(
+                "warning: no --policy: checking authenticity, freshness and debug only; any \
+                 genuine TEE of any measurement is accepted"
+            );
+            sealdb_attest::Policy::default()
+        }
     };
     let expected = report_data
         .map(|h| hex::decode(h.trim()).map_err(|e| fail(format!("--report-data is not hex: {e}"))))

@@ -299,7 +299,7 @@ fn attest_verify_prints_claims_or_the_reason() {
     // Today the collateral has expired: exit 1 with the reason on stderr.
     let today = sealdb(&args);
     assert_eq!(today.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&today.stderr).starts_with("rejected: evidence not authentic"));
+    assert!(String::from_utf8_lossy(&today.stderr).contains("rejected: evidence not authentic"));
     let debug = sealdb(&[
         "attest",
         "verify",
