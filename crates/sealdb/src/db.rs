@@ -419,7 +419,9 @@ fn recover_value_log(
         storage.sync_file(&name).map_err(|e| Error::io(&name, e))?;
         f.size = scan.clean_len;
         f.key_ids = key_ids;
-        f.complete = true;
+        // Marked complete only once the recovered commits are in tables (end of open): a
+        // manifest written before that must still call it incomplete, so a crash in between
+        // scans it again and checks the replayed pointers again.
         scanned.insert(*no, scan.clean_len);
     }
     for no in gone {
@@ -527,12 +529,14 @@ impl Db {
         let mut imms = Vec::new();
         let mut discarded_tails = cut_vlog_tails;
         let mut prev: Option<(u64, wal::Replay)> = None;
+        let mut discarded_wals: Vec<u64> = Vec::new();
         let mut discard_rest = false;
         for &no in &wals {
             let name = wal::file_name(no);
             if discard_rest {
                 let len = storage.open(&name).and_then(|f| f.len()).unwrap_or(0);
                 discarded_tails.push((name, 0, len));
+                discarded_wals.push(no);
                 continue;
             }
             let mem = Memtable::new(no);
@@ -572,6 +576,7 @@ impl Db {
                     // log and later ones hold only newer, unsynced commits. Dropping them
                     // keeps the recovered state a prefix of the commit order.
                     discarded_tails.push((name, 0, replayed.file_len));
+                    discarded_wals.push(no);
                     discard_rest = true;
                     continue;
                 }
@@ -624,10 +629,9 @@ impl Db {
         for name in &names {
             let obsolete = match (parse_file_no(name, ".sst"), parse_file_no(name, ".wal")) {
                 (Some(n), _) => !live_tables.contains(&n),
-                (_, Some(n)) => {
-                    n < manifest.log_no
-                        || (wals.contains(&n) && !imms.iter().any(|m| m.wal_no == n))
-                }
+                // Replayed logs that held no commit stay until a manifest moves `log_no` past
+                // them: a later log's link may name them.
+                (_, Some(n)) => n < manifest.log_no || discarded_wals.contains(&n),
                 _ => name.ends_with(".tmp"),
             };
             if obsolete {
@@ -683,6 +687,9 @@ impl Db {
         // synced (read back from the page cache after a process crash) or a torn tail, and
         // later sync requests must not be acknowledged on top of them.
         while inner.flush_one()? {}
+        for no in scanned_vlogs.keys() {
+            inner.vlog.set_complete(*no);
+        }
         let mut threads = Vec::new();
         if inner.opts.background_threads {
             let i = inner.clone();
@@ -951,7 +958,13 @@ impl Db {
                 .vlog
                 .files()
                 .into_iter()
-                .filter(|(_, f)| f.state == vlog::FileState::Live && f.key_ids.iter().any(old))
+                .filter(|(no, f)| {
+                    // Never the file being appended to, nor one not yet whole.
+                    f.state == vlog::FileState::Live
+                        && f.complete
+                        && *no != inner.active_vlog.load(Ordering::Acquire)
+                        && f.key_ids.iter().any(old)
+                })
                 .map(|(no, _)| no)
                 .collect();
             for no in files {
@@ -1501,9 +1514,9 @@ impl Inner {
         let Some(r) = self.find_version(key, self.oracle.visible())? else {
             return Ok(false);
         };
-        Ok(r.kind == Kind::Pointer
-            && r.is_live(now_secs())
-            && Pointer::decode(&r.value) == Some(ptr))
+        // Expired entries count as live here: a snapshot taken before they expired may still
+        // read them; compaction drops them later.
+        Ok(r.kind == Kind::Pointer && Pointer::decode(&r.value) == Some(ptr))
     }
 
     /// Rewrites the live entries of value-log file `no` under the active key, durably, then
@@ -1513,6 +1526,9 @@ impl Inner {
         let mut batch: Vec<Live> = Vec::new();
         let mut batch_bytes = 0usize;
         let (mut entries, mut bytes) = (0u64, 0u64);
+        // A commit still in progress may have written into this file (it was marked complete
+        // under the commit lock, mid-commit): wait for it, so `points_here` sees it.
+        drop(self.commit.lock());
         ValueLog::scan(self.storage.as_ref(), &self.keys, no, &mut |ptr, e, _| {
             if self.points_here(e.key, ptr)? {
                 batch_bytes += e.value.len();
