@@ -106,7 +106,16 @@ pub(crate) fn pick_rekey(levels: &[Vec<TableMeta>], is_old: &dyn Fn(u32) -> bool
     None
 }
 
-pub(crate) fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
+/// The next step of a full compaction (`Db::flatten`): L0 into L1 while L0 has tables, then
+/// the shallowest level that still has data below it. `None` once all data is in one level.
+pub(crate) fn pick_flatten(levels: &[Vec<TableMeta>]) -> Option<Task> {
+    let level = (0..NUM_LEVELS - 1).find(|&l| {
+        !levels[l].is_empty() && (l == 0 || levels[l + 1..].iter().any(|m| !m.is_empty()))
+    })?;
+    Some(make_task(levels, level, levels[level].iter().collect()))
+}
+
+fn make_task(levels: &[Vec<TableMeta>], level: usize, inputs: Vec<&TableMeta>) -> Task {
     let lo = inputs
         .iter()
         .map(|t| t.smallest.as_slice())
@@ -315,6 +324,32 @@ mod tests {
             pick_rekey(&levels, &old_before(50)).unwrap().inputs,
             vec![8]
         );
+    }
+
+    #[test]
+    fn flatten_ends_with_all_data_in_one_level() {
+        let mut levels = vec![Vec::new(); NUM_LEVELS];
+        levels[0] = vec![meta(9, "a", "z", 10)];
+        levels[1] = vec![meta(1, "a", "c", 10)];
+        levels[3] = vec![meta(2, "x", "y", 10)];
+        let mut steps = 0;
+        while let Some(t) = pick_flatten(&levels) {
+            // Apply the task's shape: inputs and overlapping next-level tables move down.
+            let moved: Vec<TableMeta> = levels[t.level]
+                .iter()
+                .chain(&levels[t.level + 1])
+                .filter(|m| t.inputs.contains(&m.file_no) || t.next_inputs.contains(&m.file_no))
+                .cloned()
+                .collect();
+            levels[t.level].retain(|m| !t.inputs.contains(&m.file_no));
+            levels[t.level + 1].retain(|m| !t.next_inputs.contains(&m.file_no));
+            levels[t.output_level].extend(moved);
+            steps += 1;
+            assert!(steps < 20, "flatten does not converge");
+        }
+        let non_empty: Vec<usize> = (0..NUM_LEVELS).filter(|l| !levels[*l].is_empty()).collect();
+        assert_eq!(non_empty.len(), 1, "{levels:?}");
+        assert_eq!(levels[non_empty[0]].len(), 3);
     }
 
     #[test]

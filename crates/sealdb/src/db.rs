@@ -239,6 +239,14 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Takes the directory lock of a store on real files (an in-memory backend has none).
+fn lock_store(dir: &Path, opts: &Options) -> Result<Option<std::fs::File>> {
+    match &opts.storage {
+        Some(_) => Ok(None),
+        None => lock_dir(dir).map(Some),
+    }
+}
+
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     let path = dir.join("LOCK");
     let f = std::fs::OpenOptions::new()
@@ -444,24 +452,21 @@ impl Db {
     /// and nothing is written when the key is missing or wrong.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
         let dir = dir.as_ref();
-        let (storage, lock): (Arc<dyn Storage>, _) = match &opts.storage {
-            Some(s) => (s.clone(), None),
+        let storage: Arc<dyn Storage> = match &opts.storage {
+            Some(s) => s.clone(),
             None => {
                 if !dir.exists() && !opts.create_if_missing {
                     return Err(Error::NotFound(dir.to_path_buf()));
                 }
                 let s = StdStorage::new(dir, opts.create_if_missing)
                     .map_err(|e| Error::io(dir.display().to_string(), e))?;
-                (Arc::new(s), None::<std::fs::File>)
+                Arc::new(s)
             }
         };
         // Key check first: a missing or wrong key changes no file (not even LOCK). Nothing is
         // written before the lock is held.
         probe(storage.as_ref(), &opts)?;
-        let lock = match (&opts.storage, lock) {
-            (None, _) => Some(lock_dir(dir)?),
-            (Some(_), l) => l,
-        };
+        let lock = lock_store(dir, &opts)?;
         // Look again under the lock: another process may have created or changed the store
         // between the first look and the lock.
         let found = probe(storage.as_ref(), &opts)?;
@@ -736,10 +741,7 @@ impl Db {
                 inner.vlog.set_complete(w.file_no());
             }
             if !inner.sv.read().mem.is_empty() {
-                let mut c = c;
-                if let Err(e) = inner.rotate_memtable(&mut c) {
-                    result = Err(e);
-                }
+                result = inner.rotate_memtable(&mut c);
             }
         }
         inner.closing.store(true, Ordering::Release);
@@ -951,23 +953,7 @@ impl Db {
         }
         {
             let _serial = inner.gc_mutex.lock();
-            let created = inner.keys.creation_times();
-            let active = inner.keys.active_sealer().key_id();
-            let old = |id: &u32| *id != active && created.get(id).is_none_or(|c| *c <= cutoff);
-            let files: Vec<u64> = inner
-                .vlog
-                .files()
-                .into_iter()
-                .filter(|(no, f)| {
-                    // Never the file being appended to, nor one not yet whole.
-                    f.state == vlog::FileState::Live
-                        && f.complete
-                        && *no != inner.active_vlog.load(Ordering::Acquire)
-                        && f.key_ids.iter().any(old)
-                })
-                .map(|(no, _)| no)
-                .collect();
-            for no in files {
+            for no in inner.vlog_files_under_keys_before(cutoff) {
                 let (_, bytes) = inner.gc_file(no)?;
                 report.vlog_files += 1;
                 report.bytes_rewritten += bytes;
@@ -994,13 +980,9 @@ impl Db {
         loop {
             let _serial = inner.compact_mutex.lock();
             let metas = inner.super_version().version.metas();
-            let Some(level) = (0..NUM_LEVELS - 1).find(|l| {
-                !metas[*l].is_empty() && metas[l + 1..].iter().any(|m| !m.is_empty())
-                    || (*l == 0 && !metas[0].is_empty())
-            }) else {
+            let Some(task) = compaction::pick_flatten(&metas) else {
                 return Ok(());
             };
-            let task = compaction::make_task(&metas, level, metas[level].iter().collect());
             if !inner.run_task(task)? {
                 return Err(Error::Closed);
             }
@@ -1648,13 +1630,21 @@ impl Inner {
     /// Value-log files sealed (partly) under a key older than `max_key_age`: collected
     /// whatever their ratio, so old keys in the value log are bounded like in tables.
     fn vlog_files_under_old_keys(&self) -> Vec<u64> {
-        let Some(age) = self.opts.max_key_age else {
-            return Vec::new();
-        };
+        match self.opts.max_key_age {
+            Some(age) => {
+                self.vlog_files_under_keys_before(now_secs().saturating_sub(age.as_secs()))
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Value-log files with chunks under a key (not the active one) created at or before
+    /// `cutoff`; never the file being appended to, one not yet whole, or one queued for
+    /// deletion.
+    fn vlog_files_under_keys_before(&self, cutoff: u64) -> Vec<u64> {
         if !self.keys.is_encrypted() {
             return Vec::new();
         }
-        let cutoff = now_secs().saturating_sub(age.as_secs());
         let created = self.keys.creation_times();
         let active_key = self.keys.active_sealer().key_id();
         let active_file = self.active_vlog.load(Ordering::Acquire);
@@ -2095,11 +2085,7 @@ pub fn verify_store(dir: impl AsRef<Path>, opts: &Options) -> Result<crate::Veri
         }
         Found::Nothing => return Err(Error::NotFound(storage.location())),
     };
-    let _lock = if opts.storage.is_none() {
-        Some(lock_dir(dir)?)
-    } else {
-        None
-    };
+    let _lock = lock_store(dir, opts)?;
     let manifest = version::read_manifest(storage.as_ref(), &keys)?;
     let cache = Arc::new(table::new_cache(1 << 20));
     let mut report = crate::VerifyReport::default();

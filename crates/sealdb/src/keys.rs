@@ -672,11 +672,14 @@ impl KeyRing {
         })
     }
 
-    /// Applies `change` to a copy of the registry, writes it atomically, then publishes it.
-    /// Slow work (wrapping keys) happens in `change` without blocking readers of keys.
+    /// Applies `change` (given the current provider) to a copy of the registry, writes it
+    /// atomically, authenticated by `signer` (default: the current provider), then publishes
+    /// it. Slow work (wrapping keys) happens in `change` without blocking readers of keys.
+    /// Callers hold `writer`.
     fn rewrite<T>(
         &self,
         storage: &dyn Storage,
+        signer: Option<&dyn KeyProvider>,
         change: impl FnOnce(&mut Registry, &dyn KeyProvider) -> Result<T>,
         publish: impl FnOnce(&mut KeyRingInner, &T),
     ) -> Result<T> {
@@ -689,7 +692,7 @@ impl KeyRing {
             .ok_or_else(not_encrypted)?;
         let out = change(&mut registry, provider.as_ref())?;
         registry.generation += 1;
-        write_registry(storage, provider.as_ref(), &registry)?;
+        write_registry(storage, signer.unwrap_or(provider.as_ref()), &registry)?;
         let mut inner = self.inner.write();
         inner.registry = Some(registry);
         publish(&mut inner, &out);
@@ -702,6 +705,7 @@ impl KeyRing {
         let store_id = self.store_id;
         let (id, handle) = self.rewrite(
             storage,
+            None,
             |reg, provider| {
                 let id = reg.entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
                 let created = now_secs();
@@ -760,6 +764,7 @@ impl KeyRing {
             let _w = self.writer.lock();
             self.rewrite(
                 storage,
+                None,
                 |reg, _| {
                     let active = reg
                         .entries
@@ -819,6 +824,7 @@ impl KeyRing {
         }
         self.rewrite(
             storage,
+            None,
             |reg, _| {
                 let mut destroyed = Vec::new();
                 for e in &mut reg.entries {
@@ -856,28 +862,26 @@ impl KeyRing {
     ) -> Result<()> {
         let _w = self.writer.lock();
         let store_id = self.store_id;
-        let old = self.provider()?;
-        let mut registry = self
-            .inner
-            .read()
-            .registry
-            .clone()
-            .ok_or_else(not_encrypted)?;
-        for e in &mut registry.entries {
-            if e.state == KeyState::Destroyed {
-                continue;
-            }
-            let aad = wrap_aad(&store_id, e.id, e.created);
-            let key = old.unwrap_data_key(&aad, &e.wrapped).map_err(|_| {
-                Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
-            })?;
-            e.wrapped = new.rewrap_data_key(&aad, &key)?;
-        }
-        registry.kcv = new.make_check_value(&kcv_aad(&store_id))?;
-        registry.generation += 1;
-        write_registry(storage, new.as_ref(), &registry)?;
+        self.rewrite(
+            storage,
+            Some(new.as_ref()),
+            |registry, old| {
+                for e in &mut registry.entries {
+                    if e.state == KeyState::Destroyed {
+                        continue;
+                    }
+                    let aad = wrap_aad(&store_id, e.id, e.created);
+                    let key = old.unwrap_data_key(&aad, &e.wrapped).map_err(|_| {
+                        Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
+                    })?;
+                    e.wrapped = new.rewrap_data_key(&aad, &key)?;
+                }
+                registry.kcv = new.make_check_value(&kcv_aad(&store_id))?;
+                Ok(())
+            },
+            |_, _| {},
+        )?;
         *self.provider.write() = Some(new);
-        self.inner.write().registry = Some(registry);
         Ok(())
     }
 
