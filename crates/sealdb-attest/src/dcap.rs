@@ -60,7 +60,59 @@ pub(crate) fn verify(
     claims = claims_of(&verified.report, now);
     claims.tcb_status = verified.status;
     claims.advisories = verified.advisory_ids;
+    describe_collateral(collateral, &mut claims)?;
     Ok(claims)
+}
+
+/// The issue dates and evaluation numbers of the (verified) TCB info and QE identity.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Dated {
+    issue_date: String,
+    next_update: String,
+    tcb_evaluation_data_number: u64,
+}
+
+/// Records what the collateral was: digests, issue dates and TCB evaluation data numbers
+/// (the latter as versions, so a policy can require a minimum).
+fn describe_collateral(
+    c: &dcap_qvl::QuoteCollateralV3,
+    claims: &mut Claims,
+) -> Result<(), Rejection> {
+    let digest = |b: &[u8]| hex::encode(sealdb_crypto::sha256(b));
+    let m = &mut claims.collateral;
+    m.insert("tcb_info_sha256".into(), digest(c.tcb_info.as_bytes()));
+    m.insert(
+        "qe_identity_sha256".into(),
+        digest(c.qe_identity.as_bytes()),
+    );
+    m.insert("pck_crl_sha256".into(), digest(&c.pck_crl));
+    m.insert("root_ca_crl_sha256".into(), digest(&c.root_ca_crl));
+    let mut oldest = u64::MAX;
+    for (name, json) in [("tcb_info", &c.tcb_info), ("qe_identity", &c.qe_identity)] {
+        let bad = |detail: String| Rejection::Malformed {
+            what: "DCAP collateral",
+            detail: format!("{name}: {detail}"),
+        };
+        let d: Dated = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        for (field, value) in [
+            ("issue_date", &d.issue_date),
+            ("next_update", &d.next_update),
+        ] {
+            let t = crate::parse_utc(value)
+                .ok_or_else(|| bad(format!("{field} {value:?} is not an RFC 3339 UTC time")))?;
+            m.insert(format!("{name}_{field}"), t.to_string());
+            if field == "issue_date" {
+                oldest = oldest.min(t);
+            }
+        }
+        claims.versions.insert(
+            format!("{name}_tcb_evaluation_data_number"),
+            d.tcb_evaluation_data_number,
+        );
+    }
+    claims.collateral_issued_at = Some(oldest);
+    Ok(())
 }
 
 fn claims_of(report: &Report, now: u64) -> Claims {
@@ -97,6 +149,8 @@ fn claims_of(report: &Report, now: u64) -> Claims {
         advisories: Vec::new(),
         debug,
         report_data: hex::encode(report_data),
+        collateral: BTreeMap::new(),
+        collateral_issued_at: None,
         verified_at: now,
     }
 }

@@ -8,8 +8,8 @@
 //! Formats: Intel DCAP quotes (SGX v3, TDX v4/v5) through the `dcap-qvl` crate; AMD SEV-SNP
 //! reports through the `sev` crate plus our own date, TCB, debug and encoding checks; AWS
 //! Nitro attestation documents (COSE_Sign1 ES384, chain to the pinned Nitro root G1,
-//! signatures checked through `sealdb-crypto`). Not yet here: `sim-v1` (it returns
-//! [`Rejection::Unsupported`]).
+//! signatures checked through `sealdb-crypto`); `sim-v1`, sealdb's simulated TEE ([`sim`]),
+//! accepted only by a policy that sets `allow_insecure_simulation`.
 //!
 //! ```no_run
 //! use sealdb_attest::{verify, Endorsements, Evidence, Format, Policy};
@@ -29,6 +29,7 @@
 mod dcap;
 mod nitro;
 mod policy;
+pub mod sim;
 mod snp;
 
 pub use policy::Policy;
@@ -81,6 +82,7 @@ pub struct Endorsements {
     dcap: Option<dcap_qvl::QuoteCollateralV3>,
     nitro_root: Option<Vec<u8>>,
     snp_vcek: Option<Vec<u8>>,
+    sim_platform_key: Option<Vec<u8>>,
 }
 
 impl Endorsements {
@@ -100,6 +102,13 @@ impl Endorsements {
     /// The VCEK certificate (DER) that signed an SEV-SNP report.
     pub fn with_snp_vcek(mut self, der: Vec<u8>) -> Self {
         self.snp_vcek = Some(der);
+        self
+    }
+
+    /// The only simulated platform key (Ed25519, 32 bytes) whose `sim-v1` evidence is
+    /// accepted; without it any key's is (simulation proves nothing either way).
+    pub fn with_sim_platform_key(mut self, key: Vec<u8>) -> Self {
+        self.sim_platform_key = Some(key);
         self
     }
 
@@ -127,6 +136,12 @@ pub struct Claims {
     pub debug: bool,
     /// The 64 bytes the TEE bound into the evidence (hex).
     pub report_data: String,
+    /// What the endorsements were: SHA-256 digests (hex) of each collateral item and, for
+    /// DCAP, their issue dates (`tcb_info_issue_date`, … as Unix seconds in decimal).
+    pub collateral: std::collections::BTreeMap<String, String>,
+    /// The oldest issue date among the dated collateral items (DCAP TCB info and QE
+    /// identity), Unix seconds; `None` for formats without dated collateral.
+    pub collateral_issued_at: Option<u64>,
     /// The time the evidence was judged at (Unix seconds).
     pub verified_at: u64,
 }
@@ -187,7 +202,7 @@ pub fn verify(
         Format::Sgx | Format::Tdx => dcap::verify(evidence, endorsements, policy, now)?,
         Format::Nitro => nitro::verify(evidence, endorsements, policy, now)?,
         Format::Snp => snp::verify(evidence, endorsements, policy, now)?,
-        other => return Err(Rejection::Unsupported(other)),
+        Format::Sim => sim::verify(evidence, endorsements, now)?,
     };
     if let Some(expected) = expected_report_data {
         check_report_data(&claims.report_data, expected)?;
@@ -235,6 +250,54 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Unix seconds of an RFC 3339 UTC time as Intel writes them (`2025-06-19T08:57:43Z`,
+/// fractional seconds allowed); `None` for anything else.
+fn parse_utc(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let t = s.get(r)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s.get(19..s.len() - 1)?;
+    if !(frac.is_empty()
+        || frac.len() > 1 && frac.starts_with('.') && num(20..s.len() - 1).is_some())
+    {
+        return None;
+    }
+    if y < 1970
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, mo) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3_600 + mi * 60 + sec)
+}
+
 fn check_report_data(actual_hex: &str, expected: &[u8]) -> Result<(), Rejection> {
     let actual = hex::decode(actual_hex).map_err(|_| Rejection::ReportDataMismatch)?;
     if expected.len() > actual.len() {
@@ -245,5 +308,32 @@ fn check_report_data(actual_hex: &str, expected: &[u8]) -> Result<(), Rejection>
         Ok(())
     } else {
         Err(Rejection::ReportDataMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_utc;
+
+    #[test]
+    fn utc_times_parse_like_python_calendar_timegm() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_utc("2025-06-19T08:57:43Z"), Some(1_750_323_463));
+        assert_eq!(parse_utc("2000-02-29T12:00:00.25Z"), Some(951_825_600));
+        assert_eq!(parse_utc("2100-03-01T00:00:00Z"), Some(4_107_542_400));
+        for bad in [
+            "",
+            "2025-06-19 08:57:43Z",
+            "2025-06-19T08:57:43",
+            "2025-13-19T08:57:43Z",
+            "2025-06-19T24:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2025-06-19T08:57:43.Z",
+            "2025-06-19T08:57:43+01:00",
+            "+025-06-19T08:57:43Z",
+            "2025-06-19T08:57:43.x1Z",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
     }
 }

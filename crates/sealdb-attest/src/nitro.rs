@@ -212,7 +212,7 @@ pub(crate) fn verify(
         .and_then(Value::as_bytes)
         .cloned()
         .unwrap_or_default();
-    let claims = Claims {
+    let mut claims = Claims {
         format: Format::Nitro,
         measurements,
         versions: BTreeMap::new(),
@@ -222,6 +222,8 @@ pub(crate) fn verify(
         // image) alone decides, so a document cannot look non-debug by its other PCRs.
         debug: pcr0_zero,
         report_data: hex::encode(&user_data),
+        collateral: BTreeMap::new(),
+        collateral_issued_at: None,
         verified_at: now,
     };
     if claims.debug && !policy.allow_debug {
@@ -248,6 +250,7 @@ pub(crate) fn verify(
                     "the certificate bundle does not start at the trusted Nitro root".into(),
                 ));
             }
+            claims.collateral.insert("root_sha256".into(), fp);
         }
         chain.push(parse_cert(der_bytes, &format!("cabundle[{i}]"))?);
     }

@@ -5,10 +5,13 @@
 //! formats = ["sgx", "tdx"]
 //! allowed_tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 //! allow_debug = false
+//! max_collateral_age_secs = 2592000   # 30 days
+//! rejected_advisories = ["INTEL-SA-00615"]
 //! [measurements]
 //! mr_enclave = ["c1a2…"]          # any of these
 //! [min_versions]
 //! isv_svn = 2
+//! tcb_info_tcb_evaluation_data_number = 17
 //! [versions]
 //! isv_prod_id = 1
 //! ```
@@ -29,13 +32,22 @@ pub struct Policy {
     /// Accept debug-mode TEEs (never for real keys).
     #[serde(default)]
     pub allow_debug: bool,
-    /// Accept the simulated TEE (development only).
+    /// Accept the simulated TEE (development only). Its evidence always says debug; this
+    /// setting accepts that without `allow_debug`.
     #[serde(default)]
     pub allow_insecure_simulation: bool,
     /// Accepted platform TCB statuses of formats that have one (DCAP); absent: any the
     /// vendor's collateral gives (an empty list allows none).
     #[serde(default)]
     pub allowed_tcb_statuses: Option<Vec<String>>,
+    /// Security advisories that refuse the evidence when the collateral lists them for the
+    /// platform (e.g. `INTEL-SA-00615`).
+    #[serde(default)]
+    pub rejected_advisories: Vec<String>,
+    /// The oldest acceptable collateral, in seconds before the verification time, for
+    /// formats with dated collateral (DCAP TCB info and QE identity issue dates).
+    #[serde(default)]
+    pub max_collateral_age_secs: Option<u64>,
     /// Reference measurements by claim name: the claim must equal one of the values (hex).
     #[serde(default)]
     pub measurements: BTreeMap<String, Vec<String>>,
@@ -74,8 +86,25 @@ impl Policy {
 
     /// Checks verified claims against the policy.
     pub(crate) fn evaluate(&self, c: &Claims) -> Result<(), Rejection> {
-        if c.debug && !self.allow_debug {
+        // Simulated evidence is always debug; allowing simulation accepts that.
+        let simulated = c.format == Format::Sim && self.allow_insecure_simulation;
+        if c.debug && !self.allow_debug && !simulated {
             return Err(Rejection::Debug);
+        }
+        if let Some(a) = c.advisories.iter().find(|a| {
+            self.rejected_advisories
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(a))
+        }) {
+            return Err(Rejection::Policy(format!("advisory {a} is rejected")));
+        }
+        if let (Some(max), Some(issued)) = (self.max_collateral_age_secs, c.collateral_issued_at) {
+            let age = c.verified_at.saturating_sub(issued);
+            if age > max {
+                return Err(Rejection::Policy(format!(
+                    "collateral issued at {issued} is {age} s old, the policy allows {max} s"
+                )));
+            }
         }
         let has_status = c.tcb_status != "NotApplicable";
         let status_ok = self

@@ -99,7 +99,7 @@ pub(crate) fn verify(
         ("family_id".to_string(), hex::encode(report.family_id)),
         ("image_id".to_string(), hex::encode(report.image_id)),
     ]);
-    let claims = Claims {
+    let mut claims = Claims {
         format: Format::Snp,
         measurements,
         versions,
@@ -107,6 +107,8 @@ pub(crate) fn verify(
         advisories: Vec::new(),
         debug: report.policy.debug_allowed(),
         report_data: hex::encode(report.report_data),
+        collateral: BTreeMap::new(),
+        collateral_issued_at: None,
         verified_at: now,
     };
     if claims.debug && !policy.allow_debug {
@@ -119,6 +121,10 @@ pub(crate) fn verify(
         .ok_or(Rejection::MissingEndorsement(
             "the VCEK certificate (--vcek)",
         ))?;
+    claims.collateral.insert(
+        "vcek_sha256".into(),
+        hex::encode(sealdb_crypto::sha256(vcek_der)),
+    );
     let vcek = Certificate::from_der(vcek_der)
         .map_err(|e| malformed("VCEK certificate", e.to_string()))?;
     // The product's roots: whichever built-in ARK/ASK pair signs this VCEK.

@@ -194,3 +194,49 @@ fn wrong_report_data_and_policy_mismatches_are_rejected() {
         Err(Rejection::Malformed { .. })
     ));
 }
+
+#[test]
+fn collateral_is_described_and_policed_by_age_advisory_and_evaluation_number() {
+    let q = vector("sgx_quote");
+    let e = collateral("sgx_quote_collateral.json");
+    let c = check(Format::Sgx, &q, &e, &Policy::default(), None, SGX_REF).unwrap();
+    // The sample's dates: TCB info issued 2025-06-19T10:56:11Z, QE identity 10:01:18Z.
+    assert_eq!(c.collateral["tcb_info_issue_date"], "1750330571");
+    assert_eq!(c.collateral["qe_identity_issue_date"], "1750327278");
+    assert_eq!(c.collateral_issued_at, Some(1_750_327_278));
+    assert_eq!(c.versions["tcb_info_tcb_evaluation_data_number"], 17);
+    assert_eq!(c.versions["qe_identity_tcb_evaluation_data_number"], 17);
+    for k in [
+        "tcb_info_sha256",
+        "qe_identity_sha256",
+        "pck_crl_sha256",
+        "root_ca_crl_sha256",
+    ] {
+        assert_eq!(c.collateral[k].len(), 64, "{k}");
+    }
+    let age = SGX_REF - 1_750_327_278;
+    let policy = |toml: &str| Policy::from_toml(toml).unwrap();
+    let run = |p: &Policy| check(Format::Sgx, &q, &e, p, None, SGX_REF);
+    run(&policy(&format!("max_collateral_age_secs = {age}\n"))).unwrap();
+    let r = run(&policy(&format!("max_collateral_age_secs = {}\n", age - 1)));
+    assert!(
+        matches!(r, Err(Rejection::Policy(ref m)) if m.contains("collateral")),
+        "{r:?}"
+    );
+    let r = run(&policy("rejected_advisories = [\"intel-sa-00615\"]\n"));
+    assert!(
+        matches!(r, Err(Rejection::Policy(ref m)) if m.contains("00615")),
+        "{r:?}"
+    );
+    run(&policy("rejected_advisories = [\"INTEL-SA-00999\"]\n")).unwrap();
+    run(&policy(
+        "[min_versions]\ntcb_info_tcb_evaluation_data_number = 17\n",
+    ))
+    .unwrap();
+    assert!(matches!(
+        run(&policy(
+            "[min_versions]\ntcb_info_tcb_evaluation_data_number = 18\n"
+        )),
+        Err(Rejection::Policy(_))
+    ));
+}

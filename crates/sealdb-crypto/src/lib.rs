@@ -258,6 +258,73 @@ pub fn verify_ecdsa_p384_sha384(
         .map_err(|_| CryptoError::Authentication)
 }
 
+/// Length of an Ed25519 public key.
+pub const ED25519_PUBLIC_LEN: usize = 32;
+/// Length of an Ed25519 signature.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
+
+/// An Ed25519 signing key (the 32-byte seed of RFC 8032): zeroized on drop, redacted in
+/// `Debug`, never cloned. Used for simulated TEE evidence and, later, verifier verdicts.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SigningKey {
+    seed: [u8; 32],
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(REDACTED)")
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut seed = [0u8; 32];
+        fill_random(&mut seed)?;
+        Ok(SigningKey { seed })
+    }
+
+    /// A key from its 32-byte seed (for example one read from a key file).
+    pub fn from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| CryptoError::KeyLength(seed.len()))?;
+        Ok(SigningKey { seed })
+    }
+
+    fn pair(&self) -> ring::signature::Ed25519KeyPair {
+        // A 32-byte seed always gives a key pair; the length is fixed by the type.
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(&self.seed)
+            .expect("Ed25519 accepts every 32-byte seed")
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> [u8; ED25519_PUBLIC_LEN] {
+        use ring::signature::KeyPair;
+        let mut out = [0u8; ED25519_PUBLIC_LEN];
+        out.copy_from_slice(self.pair().public_key().as_ref());
+        out
+    }
+
+    /// Signs `message` (deterministic, RFC 8032).
+    pub fn sign(&self, message: &[u8]) -> [u8; ED25519_SIGNATURE_LEN] {
+        let mut out = [0u8; ED25519_SIGNATURE_LEN];
+        out.copy_from_slice(self.pair().sign(message).as_ref());
+        out
+    }
+}
+
+/// Verifies an Ed25519 signature over `message` with a 32-byte public key.
+pub fn verify_ed25519(
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), CryptoError> {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(message, signature)
+        .map_err(|_| CryptoError::Authentication)
+}
+
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     SystemRandom::new().fill(buf).map_err(|_| CryptoError::Rng)
@@ -278,6 +345,31 @@ mod tests {
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
+    }
+
+    /// RFC 8032 section 7.1, test 2 (one-byte message).
+    #[test]
+    fn ed25519_known_answer() {
+        let key = SigningKey::from_seed(&h(
+            "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+        ))
+        .unwrap();
+        assert_eq!(
+            key.public_key().to_vec(),
+            h("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+        );
+        let sig = key.sign(&[0x72]);
+        assert_eq!(
+            sig.to_vec(),
+            h("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+        );
+        verify_ed25519(&key.public_key(), &[0x72], &sig).unwrap();
+        assert_eq!(
+            verify_ed25519(&key.public_key(), &[0x73], &sig),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(format!("{key:?}"), "SigningKey(REDACTED)");
+        assert!(SigningKey::from_seed(&[0u8; 31]).is_err());
     }
 
     /// Known-answer tests from the GCM specification (McGrew & Viega), test cases 14 and 16.
