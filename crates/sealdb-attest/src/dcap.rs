@@ -99,7 +99,7 @@ fn describe_collateral(
             ("issue_date", &d.issue_date),
             ("next_update", &d.next_update),
         ] {
-            let t = crate::parse_utc(value)
+            let t = crate::utc_seconds(value)
                 .ok_or_else(|| bad(format!("{field} {value:?} is not an RFC 3339 UTC time")))?;
             m.insert(format!("{name}_{field}"), t.to_string());
             if field == "issue_date" {

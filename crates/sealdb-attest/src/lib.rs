@@ -252,7 +252,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Unix seconds of an RFC 3339 UTC time as Intel writes them (`2025-06-19T08:57:43Z`,
 /// fractional seconds allowed); `None` for anything else.
-fn parse_utc(s: &str) -> Option<u64> {
+pub fn utc_seconds(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
         return None;
@@ -313,7 +313,7 @@ fn check_report_data(actual_hex: &str, expected: &[u8]) -> Result<(), Rejection>
 
 #[cfg(test)]
 mod tests {
-    use super::parse_utc;
+    use super::utc_seconds as parse_utc;
 
     #[test]
     fn utc_times_parse_like_python_calendar_timegm() {

@@ -1,0 +1,427 @@
+//! Fetching collateral from a local HTTP server that serves the real collateral of
+//! `../shared/testvectors` the way Intel PCS/PCCS and AMD KDS do, through the on-disk cache.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use sealdb_attest::{verify, Endorsements, Evidence, Format, Policy};
+use sealdb_collateral::{Cache, FetchError, Fetcher, SnpProduct};
+
+const SGX_REF: u64 = 1_750_377_600;
+const DAY: u64 = 86_400;
+
+fn vector(path: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testvectors")
+        .join(path);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A response: status, headers, body.
+type Route = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A real HTTP/1.1 server on a loopback port, answering from a table of path+query routes
+/// and recording every request line.
+struct Server {
+    base: String,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r, q) = (routes.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // Skip the request headers.
+                let mut h = String::new();
+                while reader.read_line(&mut h).is_ok() && h != "\r\n" && !h.is_empty() {
+                    h.clear();
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                q.lock().unwrap().push(target.clone());
+                let (status, headers, body) = r.lock().unwrap().get(&target).cloned().unwrap_or((
+                    404,
+                    Vec::new(),
+                    b"not found".to_vec(),
+                ));
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let _ = stream.write_all(out.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Server {
+            base,
+            routes,
+            requests,
+        }
+    }
+
+    fn route(&self, target: &str, status: u16, headers: &[(&str, String)], body: Vec<u8>) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(target.to_string(), (status, headers, body));
+    }
+
+    fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+/// Percent-encodes a PEM chain the way PCS sends it in a header.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Serves a collateral JSON file's items at the PCCS paths for `tee` and `fmspc`.
+fn serve_dcap(server: &Server, collateral_file: &str, tee: &str, fmspc: &str, ca: &str) {
+    let c: serde_json::Value =
+        serde_json::from_slice(&vector(&format!("dcap/{collateral_file}"))).unwrap();
+    let text = |k: &str| c[k].as_str().unwrap().to_string();
+    let bytes = |k: &str| hex::decode(c[k].as_str().unwrap()).unwrap();
+    server.route(
+        &format!("/sgx/certification/v4/pckcrl?ca={ca}&encoding=der"),
+        200,
+        &[(
+            "SGX-PCK-CRL-Issuer-Chain",
+            pct(&text("pck_crl_issuer_chain")),
+        )],
+        bytes("pck_crl"),
+    );
+    let tcb_body = format!(
+        "{{\"tcbInfo\":{},\"signature\":\"{}\"}}",
+        text("tcb_info"),
+        hex::encode(bytes("tcb_info_signature"))
+    );
+    server.route(
+        &format!("/{tee}/certification/v4/tcb?fmspc={fmspc}"),
+        200,
+        &[("TCB-Info-Issuer-Chain", pct(&text("tcb_info_issuer_chain")))],
+        tcb_body.into_bytes(),
+    );
+    let qe_body = format!(
+        "{{\"enclaveIdentity\":{},\"signature\":\"{}\"}}",
+        text("qe_identity"),
+        hex::encode(bytes("qe_identity_signature"))
+    );
+    server.route(
+        &format!("/{tee}/certification/v4/qe/identity"),
+        200,
+        &[(
+            "SGX-Enclave-Identity-Issuer-Chain",
+            pct(&text("qe_identity_issuer_chain")),
+        )],
+        qe_body.into_bytes(),
+    );
+    // PCCS serves the root CA CRL as hex text.
+    server.route(
+        "/sgx/certification/v4/rootcacrl",
+        200,
+        &[],
+        hex::encode(bytes("root_ca_crl")).into_bytes(),
+    );
+}
+
+fn verify_with(format: Format, quote: &[u8], json: &str) -> sealdb_attest::Claims {
+    verify(
+        &Evidence {
+            format,
+            bytes: quote,
+        },
+        &Endorsements::dcap_collateral_json(json).unwrap(),
+        &Policy::default(),
+        None,
+        SGX_REF,
+    )
+    .unwrap()
+}
+
+#[test]
+fn dcap_collateral_from_a_pccs_verifies_like_the_file_and_is_cached() {
+    let server = Server::start();
+    // The sample SGX quote's PCK certificate: FMSPC 00A067110000, processor CA.
+    serve_dcap(
+        &server,
+        "sgx_quote_collateral.json",
+        "sgx",
+        "00A067110000",
+        "processor",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new()
+        .with_pccs(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap());
+    let quote = vector("dcap/sgx_quote");
+
+    let got = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
+    assert_eq!((got.fetched, got.from_cache), (4, 0));
+    let mut requests = server.take_requests();
+    requests.sort();
+    assert_eq!(
+        requests,
+        [
+            "/sgx/certification/v4/pckcrl?ca=processor&encoding=der",
+            "/sgx/certification/v4/qe/identity",
+            "/sgx/certification/v4/rootcacrl",
+            "/sgx/certification/v4/tcb?fmspc=00A067110000",
+        ]
+    );
+    // The fetched collateral verifies exactly like the file: same claims, same digests.
+    let file = String::from_utf8(vector("dcap/sgx_quote_collateral.json")).unwrap();
+    let from_fetch = verify_with(Format::Sgx, &quote, &got.value);
+    let from_file = verify_with(Format::Sgx, &quote, &file);
+    assert_eq!(from_fetch, from_file);
+    assert_eq!(from_fetch.tcb_status, "ConfigurationAndSWHardeningNeeded");
+
+    // A second fetch is served from the cache without a request.
+    let again = fetcher.dcap_collateral(&quote, SGX_REF + 60).unwrap();
+    assert_eq!((again.fetched, again.from_cache), (0, 4));
+    assert_eq!(again.value, got.value);
+    assert!(server.take_requests().is_empty());
+
+    // After the maximum age (one day by default) everything is fetched again.
+    let later = fetcher.dcap_collateral(&quote, SGX_REF + DAY + 1).unwrap();
+    assert_eq!((later.fetched, later.from_cache), (4, 0));
+    assert_eq!(server.take_requests().len(), 4);
+
+    // An offline cache serves what it holds, and names what it lacks.
+    let offline = Fetcher::new()
+        .with_pccs(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap().offline());
+    let o = offline.dcap_collateral(&quote, SGX_REF + DAY + 2).unwrap();
+    assert_eq!((o.fetched, o.from_cache), (0, 4));
+    let empty = tempfile::tempdir().unwrap();
+    let none = Fetcher::new()
+        .with_pccs(&server.base)
+        .with_cache(Cache::open(empty.path()).unwrap().offline());
+    let e = none.dcap_collateral(&quote, SGX_REF).unwrap_err();
+    assert!(
+        matches!(e, FetchError::NotCached { ref url } if url.contains("pckcrl")),
+        "{e}"
+    );
+    assert!(server.take_requests().is_empty());
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_replaced_and_reported() {
+    let server = Server::start();
+    serve_dcap(
+        &server,
+        "sgx_quote_collateral.json",
+        "sgx",
+        "00A067110000",
+        "processor",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new()
+        .with_pccs(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap());
+    let quote = vector("dcap/sgx_quote");
+    let first = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4);
+    std::fs::write(&files[0], b"{\"format\": 1").unwrap();
+    let again = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
+    assert_eq!((again.fetched, again.from_cache), (1, 3));
+    assert_eq!(again.warnings.len(), 1, "{:?}", again.warnings);
+    assert!(again.warnings[0].contains(&files[0].display().to_string()));
+    assert_eq!(again.value, first.value);
+    // The entry was rewritten: the next fetch is all from the cache.
+    let third = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
+    assert_eq!((third.fetched, third.from_cache), (0, 4));
+}
+
+#[test]
+fn tdx_collateral_from_pcs_paths_verifies() {
+    let server = Server::start();
+    let quote = vector("dcap/tdx_quote");
+    let c: serde_json::Value =
+        serde_json::from_slice(&vector("dcap/tdx_quote_collateral.json")).unwrap();
+    let tcb: serde_json::Value = serde_json::from_str(c["tcb_info"].as_str().unwrap()).unwrap();
+    let fmspc = tcb["fmspc"].as_str().unwrap().to_uppercase();
+    serve_dcap(
+        &server,
+        "tdx_quote_collateral.json",
+        "tdx",
+        &fmspc,
+        "platform",
+    );
+    serve_dcap(
+        &server,
+        "tdx_quote_collateral.json",
+        "tdx",
+        &fmspc,
+        "processor",
+    );
+    // PCS mode: the root CA CRL comes from its own URL, as DER.
+    let root = hex::decode(c["root_ca_crl"].as_str().unwrap()).unwrap();
+    server.route("/IntelSGXRootCA.der", 200, &[], root);
+    let fetcher = Fetcher::new()
+        .with_pcs(&format!("{}/sgx/certification/v4/", server.base))
+        .with_root_ca_crl_url(&format!("{}/IntelSGXRootCA.der", server.base));
+    let got = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
+    assert_eq!(got.fetched, 4);
+    let requests = server.take_requests();
+    assert!(requests.contains(&format!("/tdx/certification/v4/tcb?fmspc={fmspc}")));
+    assert!(requests.contains(&"/IntelSGXRootCA.der".to_string()));
+    let file = String::from_utf8(vector("dcap/tdx_quote_collateral.json")).unwrap();
+    assert_eq!(
+        verify_with(Format::Tdx, &quote, &got.value),
+        verify_with(Format::Tdx, &quote, &file)
+    );
+}
+
+#[test]
+fn service_errors_name_the_url_and_what_is_wrong() {
+    let server = Server::start();
+    let quote = vector("dcap/sgx_quote");
+    let fetcher = Fetcher::new().with_pccs(&server.base);
+    // Nothing served: the first request's status.
+    let e = fetcher.dcap_collateral(&quote, SGX_REF).unwrap_err();
+    assert!(
+        matches!(e, FetchError::Status { status: 404, ref url } if url.contains("pckcrl")),
+        "{e}"
+    );
+    // A response without its issuer chain header.
+    server.route(
+        "/sgx/certification/v4/pckcrl?ca=processor&encoding=der",
+        200,
+        &[],
+        b"crl".to_vec(),
+    );
+    let e = fetcher.dcap_collateral(&quote, SGX_REF).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing header SGX-PCK-CRL-Issuer-Chain"),
+        "{e}"
+    );
+    // Not a quote at all.
+    let e = fetcher
+        .dcap_collateral(b"not a quote", SGX_REF)
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Evidence(_)), "{e}");
+    // Nobody listening.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let e = Fetcher::new()
+        .with_pccs(&closed)
+        .dcap_collateral(&quote, SGX_REF)
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Transport { .. }), "{e}");
+}
+
+#[test]
+fn snp_vcek_from_kds_verifies_the_report_and_is_kept_until_it_expires() {
+    let server = Server::start();
+    let report = hex::decode(
+        String::from_utf8(vector("snp/report_milan.hex"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<String>(),
+    )
+    .unwrap();
+    let vcek = vector("snp/vcek_milan.der");
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new()
+        .with_kds(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap());
+    // A version 2 report does not name its processor.
+    let e = fetcher.snp_vcek(&report, None, SGX_REF).unwrap_err();
+    assert!(e.to_string().contains("does not name its processor"), "{e}");
+    // Learn the URL the fetcher asks for, then serve the VCEK there.
+    let e = fetcher
+        .snp_vcek(&report, Some(SnpProduct::Milan), SGX_REF)
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Status { status: 404, .. }), "{e}");
+    let target = server.take_requests().pop().unwrap();
+    assert!(target.starts_with("/vcek/v1/Milan/"), "{target}");
+    let (path, query) = target.split_once('?').unwrap();
+    assert_eq!(path.len(), "/vcek/v1/Milan/".len() + 128, "{path}");
+    assert!(
+        query.starts_with("blSPL=") && query.contains("&teeSPL=") && query.contains("&ucodeSPL="),
+        "{query}"
+    );
+    server.route(&target, 200, &[], vcek.clone());
+    let got = fetcher
+        .snp_vcek(&report, Some(SnpProduct::Milan), SGX_REF)
+        .unwrap();
+    assert_eq!(got.value, vcek);
+    assert_eq!(server.take_requests(), [target]);
+    // The fetched VCEK verifies the report (at a time its certificates are valid).
+    let claims = verify(
+        &Evidence {
+            format: Format::Snp,
+            bytes: &report,
+        },
+        &Endorsements::default().with_snp_vcek(got.value),
+        &Policy::default(),
+        None,
+        SGX_REF,
+    )
+    .unwrap();
+    assert_eq!(claims.format, Format::Snp);
+    // Kept past the default maximum age: a VCEK does not change for the same chip and TCB.
+    let later = fetcher
+        .snp_vcek(&report, Some(SnpProduct::Milan), SGX_REF + 30 * DAY)
+        .unwrap();
+    assert_eq!((later.fetched, later.from_cache), (0, 1));
+    assert!(server.take_requests().is_empty());
+}
+
+#[test]
+fn cache_entries_decode_without_panicking() {
+    use sealdb_collateral::decode_cache_entry;
+    let good = br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"00ff"}"#;
+    let d = decode_cache_entry(good, "u").unwrap();
+    assert_eq!(d.body, vec![0, 0xff]);
+    assert!(decode_cache_entry(good, "v")
+        .unwrap_err()
+        .contains("not \"v\""));
+    for bad in [
+        &b""[..],
+        b"{}",
+        b"[1]",
+        br#"{"format":"x","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":""}"#,
+        br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":3,"expires_at":2,"headers":{},"body":""}"#,
+        br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"0"}"#,
+    ] {
+        assert!(decode_cache_entry(bad, "u").is_err());
+    }
+}
