@@ -17,6 +17,7 @@ macro_rules! say_inline {
     }};
 }
 
+mod attest;
 mod bench;
 mod demo;
 
@@ -148,7 +149,7 @@ enum Command {
     /// Attestation evidence.
     Attest {
         #[command(subcommand)]
-        command: AttestCommand,
+        command: attest::AttestCommand,
     },
     /// Data keys: list, rotate, rekey, rotate the master key.
     Keys {
@@ -161,38 +162,6 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time an online master-key rotation with many data keys under a write load.
     BenchMaster(bench::MasterBenchArgs),
-}
-
-#[derive(Subcommand)]
-enum AttestCommand {
-    /// Verify evidence locally: prints the claims as JSON and exits 0 when the policy accepts;
-    /// otherwise prints the reason on stderr and exits 1.
-    Verify {
-        /// sgx, tdx, snp, nitro or sim.
-        #[arg(long)]
-        format: sealdb_attest::Format,
-        /// The evidence (binary or hex text).
-        #[arg(long)]
-        evidence: PathBuf,
-        /// Collateral (DCAP: the JSON collateral).
-        #[arg(long)]
-        collateral: Option<PathBuf>,
-        /// The VCEK certificate (SEV-SNP).
-        #[arg(long)]
-        vcek: Option<PathBuf>,
-        /// Policy file (TOML). Without it: authenticity, freshness and debug only.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// Expected report_data (hex, up to 64 bytes).
-        #[arg(long)]
-        report_data: Option<String>,
-        /// Judge at this time (Unix seconds); default now.
-        #[arg(long)]
-        at: Option<u64>,
-        /// Verify this many times and print verifications per second (benchmark).
-        #[arg(long)]
-        repeat: Option<u32>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -391,7 +360,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
             say!("new active data key: {id}");
         }
         Command::Keys { command } => keys(command)?,
-        Command::Attest { command } => attest(command)?,
+        Command::Attest { command } => attest::run(command)?,
         Command::Gc { store, ratio } => {
             let db = open(&store)?;
             let mut total = sealdb::GcReport::default();
@@ -424,111 +393,6 @@ fn run(cmd: Command) -> Result<(), Failure> {
         Command::BenchMaster(args) => bench::run_master(&args)?,
     }
     Ok(())
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| fail(format!("cannot read {what} {}: {e}", path.display())))
-}
-
-/// Evidence files may be binary or hex text (whitespace ignored).
-fn binary_or_hex(bytes: Vec<u8>) -> Vec<u8> {
-    let text: Vec<u8> = bytes
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    if !text.is_empty() && text.len().is_multiple_of(2) && text.iter().all(u8::is_ascii_hexdigit) {
-        if let Ok(decoded) = hex::decode(&text) {
-            return decoded;
-        }
-    }
-    bytes
-}
-
-fn attest(cmd: AttestCommand) -> Result<(), Failure> {
-    let AttestCommand::Verify {
-        format,
-        evidence,
-        collateral,
-        vcek,
-        policy,
-        report_data,
-        at,
-        repeat,
-    } = cmd;
-    let bytes = binary_or_hex(read_file(&evidence, "evidence")?);
-    let mut endorsements = sealdb_attest::Endorsements::default();
-    if let Some(c) = &collateral {
-        let text = String::from_utf8(read_file(c, "collateral")?)
-            .map_err(|_| fail(format!("collateral {} is not UTF-8 JSON", c.display())))?;
-        endorsements = sealdb_attest::Endorsements::dcap_collateral_json(&text)
-            .map_err(|e| fail(format!("{}: {e}", c.display())))?;
-    }
-    if let Some(v) = &vcek {
-        let bytes = read_file(v, "VCEK")?;
-        let der = if bytes.starts_with(b"-----BEGIN") {
-            sealdb_attest::pem_to_der(&bytes)
-                .ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
-        } else {
-            bytes
-        };
-        endorsements = endorsements.with_snp_vcek(der);
-    }
-    let policy = match &policy {
-        Some(p) => {
-            let text = String::from_utf8(read_file(p, "policy")?)
-                .map_err(|_| fail(format!("policy {} is not UTF-8", p.display())))?;
-            sealdb_attest::Policy::from_toml(&text)
-                .map_err(|e| fail(format!("{}: {e}", p.display())))?
-        }
-        None => {
-            eprintln!(
-                "warning: no --policy: checking authenticity, freshness and debug only; any \
-                 genuine TEE of any measurement is accepted"
-            );
-            sealdb_attest::Policy::default()
-        }
-    };
-    let expected = report_data
-        .map(|h| hex::decode(h.trim()).map_err(|e| fail(format!("--report-data is not hex: {e}"))))
-        .transpose()?;
-    if expected.as_ref().is_some_and(|e| e.len() > 64) {
-        return Err(fail("--report-data is longer than 64 bytes"));
-    }
-    let now = at.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
-    let ev = sealdb_attest::Evidence {
-        format,
-        bytes: &bytes,
-    };
-    if let Some(n) = repeat {
-        let t = std::time::Instant::now();
-        let mut accepted = 0u32;
-        for _ in 0..n {
-            let r = sealdb_attest::verify(&ev, &endorsements, &policy, expected.as_deref(), now);
-            accepted += u32::from(r.is_ok());
-        }
-        let s = t.elapsed().as_secs_f64();
-        say!(
-            "format={format:?} verifications={n} accepted={accepted} verifications_per_s={:.0}",
-            f64::from(n) / s
-        );
-        return Ok(());
-    }
-    match sealdb_attest::verify(&ev, &endorsements, &policy, expected.as_deref(), now) {
-        Ok(claims) => {
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&claims).expect("JSON of plain values")
-            );
-            Ok(())
-        }
-        Err(reason) => Err(Failure(format!("rejected: {reason}"), 1)),
-    }
 }
 
 fn keys(cmd: KeysCommand) -> Result<(), Failure> {

@@ -362,3 +362,147 @@ fn attest_verify_snp_and_nitro() {
     ]);
     assert!(String::from_utf8_lossy(&today.stderr).contains("not valid"));
 }
+
+#[path = "../../sealdb-collateral/tests/support/pccs.rs"]
+mod pccs;
+
+#[test]
+fn attest_fetch_and_verify_with_fetched_collateral_through_a_local_pccs() {
+    let server = pccs::Server::start();
+    pccs::serve_dcap(
+        &server,
+        "sgx_quote_collateral.json",
+        "sgx",
+        "00A067110000",
+        "processor",
+    );
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testvectors");
+    let quote = base.join("dcap/sgx_quote");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("collateral.json");
+    let source = ["--pccs-url", &server.base, "--cache-dir", p(&cache)];
+    let mut fetch = vec![
+        "attest",
+        "fetch",
+        "--format",
+        "sgx",
+        "--evidence",
+        p(&quote),
+    ];
+    fetch.extend(["--out", p(&out)]);
+    fetch.extend(source);
+    assert!(ok(&fetch).starts_with("wrote"));
+    assert_eq!(server.take_requests().len(), 4);
+    // The saved file works offline, as --collateral.
+    let verify = [
+        "attest",
+        "verify",
+        "--format",
+        "sgx",
+        "--evidence",
+        p(&quote),
+    ];
+    let at = ["--at", "1750377600"];
+    let mut offline_file = verify.to_vec();
+    offline_file.extend(["--collateral", p(&out)]);
+    offline_file.extend(at);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&offline_file)).unwrap();
+    assert_eq!(claims["tcb_status"], "ConfigurationAndSWHardeningNeeded");
+    // The sample's collateral expired in 2025 (nextUpdate), so it was not cached: --fetch
+    // asks again, and an offline cache has nothing to give.
+    let mut again = verify.to_vec();
+    again.extend(["--fetch"]);
+    again.extend(source);
+    again.extend(at);
+    let out = sealdb(&again);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 responses fetched, 0 from the cache"));
+    assert_eq!(server.take_requests().len(), 4);
+    let mut offline = again.clone();
+    offline.push("--offline");
+    let out = sealdb(&offline);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no fresh cached copy"));
+    assert!(server.take_requests().is_empty());
+
+    // SEV-SNP: the VCEK from a local KDS, for a report that needs --product.
+    let report = base.join("snp/report_milan.hex");
+    let mut snp = vec![
+        "attest",
+        "verify",
+        "--format",
+        "snp",
+        "--evidence",
+        p(&report),
+    ];
+    snp.extend([
+        "--fetch",
+        "--no-cache",
+        "--kds-url",
+        &server.base,
+        "--product",
+        "milan",
+    ]);
+    assert_eq!(sealdb(&snp).status.code(), Some(1));
+    let target = server.take_requests().pop().unwrap();
+    server.route(&target, 200, &[], pccs::vector("snp/vcek_milan.der"));
+    let claims: serde_json::Value = serde_json::from_str(&ok(&snp)).unwrap();
+    assert_eq!(
+        claims["collateral"]["vcek_sha256"].as_str().unwrap().len(),
+        64
+    );
+    // A VCEK is cached until it expires (2030): the second, offline, run needs no request.
+    let snp_cache = tmp.path().join("snp-cache");
+    snp[7] = "--cache-dir";
+    snp.insert(8, p(&snp_cache));
+    ok(&snp);
+    server.take_requests();
+    snp.push("--offline");
+    let out = sealdb(&snp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 responses fetched, 1 from the cache"));
+    assert!(server.take_requests().is_empty());
+}
+
+#[test]
+fn attest_verify_sim_evidence_only_with_a_policy_that_allows_simulation() {
+    use sealdb_attest::sim::{measure, SimPlatform};
+    let tmp = tempfile::tempdir().unwrap();
+    let platform = SimPlatform::generate().unwrap();
+    let measurement = measure(b"vault binary");
+    let ev = tmp.path().join("sim.bin");
+    std::fs::write(&ev, platform.evidence(&measurement, &[7u8; 64])).unwrap();
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "allow_insecure_simulation = true\n[measurements]\nmeasurement = [\"{}\"]\n",
+            hex::encode(measurement)
+        ),
+    )
+    .unwrap();
+    let args = ["attest", "verify", "--format", "sim", "--evidence", p(&ev)];
+    let refused = sealdb(&args);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not allowed"));
+    let mut allowed = args.to_vec();
+    let key = hex::encode(platform.public_key());
+    allowed.extend(["--policy", p(&policy), "--sim-platform-key", &key]);
+    let rd = "07".repeat(64);
+    allowed.extend(["--report-data", &rd]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&allowed)).unwrap();
+    assert_eq!(claims["format"], "sim");
+    assert_eq!(claims["debug"], true);
+    let other = hex::encode(SimPlatform::generate().unwrap().public_key());
+    allowed[9] = &other;
+    assert_eq!(sealdb(&allowed).status.code(), Some(1));
+}
