@@ -18,11 +18,13 @@ use sev::parser::ByteParser;
 use crate::{Claims, Endorsements, Evidence, Format, Policy, Rejection};
 
 /// AMD VCEK extensions (X.509 OIDs) holding the TCB the key was issued for.
-const TCB_OIDS: [(&str, &str); 4] = [
+const TCB_OIDS: [(&str, &str); 5] = [
     ("1.3.6.1.4.1.3704.1.3.1", "bootloader"),
     ("1.3.6.1.4.1.3704.1.3.2", "tee"),
     ("1.3.6.1.4.1.3704.1.3.3", "snp"),
     ("1.3.6.1.4.1.3704.1.3.8", "microcode"),
+    // Turin and later: the FMC's SPL.
+    ("1.3.6.1.4.1.3704.1.3.9", "fmc"),
 ];
 
 fn malformed(what: &'static str, detail: impl Into<String>) -> Rejection {
@@ -93,7 +95,11 @@ pub(crate) fn verify(
         ("tcb_microcode".to_string(), u64::from(t.microcode)),
     ]);
     versions.insert("policy".to_string(), u64::from(report.policy));
+    if let Some(fmc) = t.fmc {
+        versions.insert("tcb_fmc".to_string(), u64::from(fmc));
+    }
     let measurements = BTreeMap::from([
+        ("chip_id".to_string(), hex::encode(report.chip_id)),
         ("measurement".to_string(), hex::encode(report.measurement)),
         ("host_data".to_string(), hex::encode(report.host_data)),
         ("family_id".to_string(), hex::encode(report.family_id)),
@@ -115,6 +121,26 @@ pub(crate) fn verify(
         return Err(Rejection::Debug);
     }
 
+    // Only reports signed by the chip's VCEK are supported; a VLEK needs AMD's ASVK chain,
+    // and a masked chip key means the firmware did not sign at all.
+    if report.key_info.mask_chip_key() {
+        return Err(Rejection::NotAuthentic(
+            "the report is not signed (MASK_CHIP_KEY is set)".into(),
+        ));
+    }
+    match report.key_info.signing_key() {
+        0 => {}
+        1 => {
+            return Err(Rejection::NotAuthentic(
+                "the report is signed by a VLEK; only VCEK-signed reports are supported".into(),
+            ))
+        }
+        other => {
+            return Err(Rejection::NotAuthentic(format!(
+                "the report names signing key {other}, not the VCEK"
+            )))
+        }
+    }
     let vcek_der = endorsements
         .snp_vcek
         .as_deref()
@@ -175,7 +201,10 @@ pub(crate) fn verify(
         ("tee", u64::from(t.tee)),
         ("snp", u64::from(t.snp)),
         ("microcode", u64::from(t.microcode)),
-    ] {
+    ]
+    .into_iter()
+    .chain(t.fmc.map(|f| ("fmc", u64::from(f))))
+    {
         match vcek_tcb.get(name) {
             Some(v) if *v == reported => {}
             Some(v) => {

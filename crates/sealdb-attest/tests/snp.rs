@@ -136,3 +136,24 @@ fn policy_pins_the_measurement_and_vmpl() {
         Err(Rejection::Policy(_))
     ));
 }
+
+#[test]
+fn vlek_and_unsigned_reports_are_named_as_such() {
+    let rep = report("report_milan.hex");
+    let ok = check(&rep, "vcek_milan.der", &Policy::default(), TODAY).unwrap();
+    assert_eq!(ok.measurements["chip_id"].len(), 128);
+    // KEY_INFO at offset 0x48: bit 1 MASK_CHIP_KEY, bits 4:2 SIGNING_KEY (1 = VLEK).
+    for (bits, expect) in [
+        (0x04u8, "VLEK"),
+        (0x02, "not signed"),
+        (0x08, "signing key 2"),
+    ] {
+        let mut r = rep.clone();
+        r[0x48] |= bits;
+        let e = check(&r, "vcek_milan.der", &Policy::default(), TODAY).unwrap_err();
+        assert!(
+            matches!(e, Rejection::NotAuthentic(ref m) if m.contains(expect)),
+            "{bits:#x}: {e}"
+        );
+    }
+}

@@ -167,3 +167,14 @@ pub(crate) fn collateral(run: &mut Run<'_>, quote: &[u8]) -> Result<String, Fetc
     };
     serde_json::to_string(&c).map_err(|e| FetchError::Evidence(format!("collateral JSON: {e}")))
 }
+
+/// Every decoder of a PCS/PCCS response body, for the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_responses(body: &[u8]) {
+    let _ = serde_json::from_slice::<TcbInfoResponse<'_>>(body).map(|t| hex::decode(t.signature));
+    let _ =
+        serde_json::from_slice::<QeIdentityResponse<'_>>(body).map(|q| hex::decode(q.signature));
+    let _ = json_next_update(body, "tcbInfo");
+    let _ = json_next_update(body, "enclaveIdentity");
+    let _ = crl_next_update(&crl_bytes(body));
+}

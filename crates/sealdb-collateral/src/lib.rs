@@ -21,6 +21,8 @@
 
 mod cache;
 mod dcap;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod snp;
 
 use std::time::Duration;

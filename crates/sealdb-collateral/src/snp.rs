@@ -140,3 +140,11 @@ fn not_after(der_bytes: &[u8]) -> Option<u64> {
     let c = x509_cert::Certificate::from_der(der_bytes).ok()?;
     Some(crate::x509_seconds(&c.tbs_certificate.validity.not_after))
 }
+
+/// Every decoder of a KDS response body, for the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_response(body: &[u8]) {
+    let der_bytes = der_of(body);
+    let _ = not_after(&der_bytes);
+    let _ = x509_cert::Certificate::from_der(&der_bytes);
+}
