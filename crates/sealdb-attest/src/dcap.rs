@@ -73,8 +73,9 @@ struct Dated {
     tcb_evaluation_data_number: u64,
 }
 
-/// Records what the collateral was: digests, issue dates and TCB evaluation data numbers
-/// (the latter as versions, so a policy can require a minimum).
+/// Records what the collateral was: digests, issue dates (TCB info and QE identity
+/// `issueDate`, CRL `thisUpdate`) and TCB evaluation data numbers (as versions, so a policy
+/// can require a minimum).
 fn describe_collateral(
     c: &dcap_qvl::QuoteCollateralV3,
     claims: &mut Claims,
@@ -110,6 +111,22 @@ fn describe_collateral(
             format!("{name}_tcb_evaluation_data_number"),
             d.tcb_evaluation_data_number,
         );
+    }
+    for (name, der_bytes) in [("pck_crl", &c.pck_crl), ("root_ca_crl", &c.root_ca_crl)] {
+        use der::Decode;
+        let crl = x509_cert::crl::CertificateList::from_der(der_bytes).map_err(|e| {
+            Rejection::Malformed {
+                what: "DCAP collateral",
+                detail: format!("{name}: {e}"),
+            }
+        })?;
+        let t = crl.tbs_cert_list.this_update.to_unix_duration().as_secs();
+        m.insert(format!("{name}_this_update"), t.to_string());
+        // The root CA's CRL is reissued about once a year, so it does not count towards the
+        // collateral's age; the PCK CRL is reissued with the rest.
+        if name == "pck_crl" {
+            oldest = oldest.min(t);
+        }
     }
     claims.collateral_issued_at = Some(oldest);
     Ok(())

@@ -82,7 +82,7 @@ pub struct Endorsements {
     dcap: Option<dcap_qvl::QuoteCollateralV3>,
     nitro_root: Option<Vec<u8>>,
     snp_vcek: Option<Vec<u8>>,
-    sim_platform_key: Option<Vec<u8>>,
+    sim_platform_key: Option<[u8; 32]>,
 }
 
 impl Endorsements {
@@ -105,9 +105,9 @@ impl Endorsements {
         self
     }
 
-    /// The only simulated platform key (Ed25519, 32 bytes) whose `sim-v1` evidence is
-    /// accepted; without it any key's is (simulation proves nothing either way).
-    pub fn with_sim_platform_key(mut self, key: Vec<u8>) -> Self {
+    /// The only simulated platform key (Ed25519) whose `sim-v1` evidence is accepted;
+    /// without it any key's is (simulation proves nothing either way).
+    pub fn with_sim_platform_key(mut self, key: [u8; 32]) -> Self {
         self.sim_platform_key = Some(key);
         self
     }
@@ -121,6 +121,7 @@ impl Endorsements {
 
 /// What verified evidence says, as JSON-friendly values.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Claims {
     /// The evidence format.
     pub format: Format,
@@ -193,8 +194,13 @@ pub fn verify(
     now: u64,
 ) -> Result<Claims, Rejection> {
     if !policy.allows_format(evidence.format) {
+        let why = if evidence.format == Format::Sim && !policy.allow_insecure_simulation {
+            " (simulated evidence needs allow_insecure_simulation = true)"
+        } else {
+            ""
+        };
         return Err(Rejection::Policy(format!(
-            "format {:?} is not allowed",
+            "format {:?} is not allowed{why}",
             evidence.format
         )));
     }
@@ -270,18 +276,28 @@ pub fn utc_seconds(s: &str) -> Option<u64> {
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let frac = s.get(19..s.len() - 1)?;
-    if !(frac.is_empty()
-        || frac.len() > 1 && frac.starts_with('.') && num(20..s.len() - 1).is_some())
-    {
+    let frac_ok = frac.is_empty()
+        || frac.len() > 1 && frac.starts_with('.') && frac[1..].bytes().all(|c| c.is_ascii_digit());
+    if !frac_ok || y < 1970 || !(1..=12).contains(&mo) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
-    if y < 1970
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || sec > 60
-    {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let max_day = month_days.get(usize::try_from(mo).ok()? - 1)?;
+    if d < 1 || d > *max_day {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
@@ -321,6 +337,10 @@ mod tests {
         assert_eq!(parse_utc("2025-06-19T08:57:43Z"), Some(1_750_323_463));
         assert_eq!(parse_utc("2000-02-29T12:00:00.25Z"), Some(951_825_600));
         assert_eq!(parse_utc("2100-03-01T00:00:00Z"), Some(4_107_542_400));
+        assert_eq!(
+            parse_utc("1970-01-01T00:00:00.123456789012345678901234Z"),
+            Some(0)
+        );
         for bad in [
             "",
             "2025-06-19 08:57:43Z",
@@ -332,6 +352,9 @@ mod tests {
             "2025-06-19T08:57:43+01:00",
             "+025-06-19T08:57:43Z",
             "2025-06-19T08:57:43.x1Z",
+            "2025-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
+            "2025-06-00T00:00:00Z",
         ] {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }

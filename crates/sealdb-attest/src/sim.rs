@@ -104,8 +104,10 @@ pub(crate) fn verify(
     Ok(Claims {
         format: Format::Sim,
         measurements: BTreeMap::from([
-            ("measurement".to_string(), hex::encode(p.measurement)),
-            ("platform_key".to_string(), hex::encode(p.platform_key)),
+            // Named apart from SEV-SNP's `measurement`, so a pinned SNP launch digest is
+            // never satisfied by simulated evidence.
+            ("sim_measurement".to_string(), hex::encode(p.measurement)),
+            ("sim_platform_key".to_string(), hex::encode(p.platform_key)),
         ]),
         versions: BTreeMap::from([("version".to_string(), u64::from(VERSION))]),
         tcb_status: "NotApplicable".into(),

@@ -39,15 +39,23 @@ struct CertFacts {
     not_before: u64,
     not_after: u64,
     tcb: BTreeMap<&'static str, u64>,
+    /// The chip's hardware id (extension 1.3.6.1.4.1.3704.1.4): 64 bytes, 8 on Turin.
+    hwid: Option<Vec<u8>>,
 }
+
+const HWID_OID: &str = "1.3.6.1.4.1.3704.1.4";
 
 fn cert_facts(der_bytes: &[u8], which: &str) -> Result<CertFacts, Rejection> {
     let c = x509_cert::Certificate::from_der(der_bytes)
         .map_err(|e| malformed("SEV-SNP certificate", format!("{which}: {e}")))?;
     let v = &c.tbs_certificate.validity;
     let mut tcb = BTreeMap::new();
+    let mut hwid = None;
     for ext in c.tbs_certificate.extensions.iter().flatten() {
         let oid = ext.extn_id.to_string();
+        if oid == HWID_OID {
+            hwid = Some(ext.extn_value.as_bytes().to_vec());
+        }
         if let Some((_, name)) = TCB_OIDS.iter().find(|(o, _)| *o == oid) {
             // The value is a DER INTEGER.
             let n = der::asn1::Int::from_der(ext.extn_value.as_bytes())
@@ -61,6 +69,7 @@ fn cert_facts(der_bytes: &[u8], which: &str) -> Result<CertFacts, Rejection> {
         not_before: v.not_before.to_unix_duration().as_secs(),
         not_after: v.not_after.to_unix_duration().as_secs(),
         tcb,
+        hwid,
     })
 }
 
@@ -195,7 +204,33 @@ pub(crate) fn verify(
     (&chain, &report)
         .verify()
         .map_err(|e| Rejection::NotAuthentic(format!("report signature: {e}")))?;
-    let vcek_tcb = cert_facts(vcek_der, "VCEK")?.tcb;
+    let facts = cert_facts(vcek_der, "VCEK")?;
+    // The VCEK must be this chip's: its hardware id is the report's CHIP_ID (the first
+    // 8 bytes on Turin).
+    match &facts.hwid {
+        Some(h)
+            if !h.is_empty()
+                && report.chip_id.starts_with(h)
+                && (h.len() == 64 || h.len() == 8) => {}
+        Some(h) => {
+            return Err(Rejection::NotAuthentic(format!(
+                "the VCEK is for chip {}, not the report's {}",
+                hex::encode(h),
+                hex::encode(report.chip_id)
+            )))
+        }
+        None => {
+            return Err(Rejection::NotAuthentic(
+                "the VCEK has no hardware id extension".into(),
+            ))
+        }
+    }
+    if facts.tcb.contains_key("fmc") && t.fmc.is_none() {
+        return Err(Rejection::NotAuthentic(
+            "the VCEK has an FMC TCB value and the report has none".into(),
+        ));
+    }
+    let vcek_tcb = facts.tcb;
     for (name, reported) in [
         ("bootloader", u64::from(t.bootloader)),
         ("tee", u64::from(t.tee)),

@@ -203,6 +203,9 @@ fn collateral_is_described_and_policed_by_age_advisory_and_evaluation_number() {
     // The sample's dates: TCB info issued 2025-06-19T10:56:11Z, QE identity 10:01:18Z.
     assert_eq!(c.collateral["tcb_info_issue_date"], "1750330571");
     assert_eq!(c.collateral["qe_identity_issue_date"], "1750327278");
+    // PCK CRL thisUpdate 10:23:18; the root CA CRL (2025-03-20) does not count for age.
+    assert_eq!(c.collateral["pck_crl_this_update"], "1750328598");
+    assert_eq!(c.collateral["root_ca_crl_this_update"], "1742469717");
     assert_eq!(c.collateral_issued_at, Some(1_750_327_278));
     assert_eq!(c.versions["tcb_info_tcb_evaluation_data_number"], 17);
     assert_eq!(c.versions["qe_identity_tcb_evaluation_data_number"], 17);

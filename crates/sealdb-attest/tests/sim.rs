@@ -56,9 +56,9 @@ fn accepted_only_when_the_policy_allows_simulation() {
     let c = check(&ev, &none, &allow(), Some(&rd)).unwrap();
     assert!(c.debug);
     assert_eq!(c.format, Format::Sim);
-    assert_eq!(c.measurements["measurement"], hex::encode(measurement));
+    assert_eq!(c.measurements["sim_measurement"], hex::encode(measurement));
     assert_eq!(
-        c.measurements["platform_key"],
+        c.measurements["sim_platform_key"],
         hex::encode(platform.public_key())
     );
     assert_eq!(c.report_data, hex::encode(rd));
@@ -71,7 +71,7 @@ fn measurement_report_data_and_platform_key_are_bound() {
     let none = Endorsements::default();
     // A pinned measurement refuses another binary.
     let pinned = Policy::from_toml(&format!(
-        "allow_insecure_simulation = true\n[measurements]\nmeasurement = [\"{}\"]\n",
+        "allow_insecure_simulation = true\n[measurements]\nsim_measurement = [\"{}\"]\n",
         hex::encode(measurement)
     ))
     .unwrap();
@@ -87,7 +87,7 @@ fn measurement_report_data_and_platform_key_are_bound() {
         Rejection::ReportDataMismatch
     );
     // A pinned platform key refuses evidence of another simulated platform.
-    let pin = Endorsements::default().with_sim_platform_key(platform.public_key().to_vec());
+    let pin = Endorsements::default().with_sim_platform_key(platform.public_key());
     check(&ev, &pin, &allow(), None).unwrap();
     let (_, _, _, foreign) = sample();
     assert!(matches!(
@@ -128,4 +128,58 @@ fn the_same_seed_gives_the_same_platform() {
     let b = SimPlatform::from_seed(&[7u8; 32]).unwrap();
     assert_eq!(a.public_key(), b.public_key());
     assert!(SimPlatform::from_seed(&[7u8; 16]).is_err());
+}
+
+/// Evidence made by an independent implementation (Python `cryptography`, from the layout in
+/// `sim.rs` and docs/attestation.md) with seed 0x42 × 32, measurement SHA-384("sealdb-vault
+/// test binary") and report_data 00 01 … 3f: the format is what the documentation says.
+#[test]
+fn evidence_from_an_independent_implementation_verifies() {
+    let ev = hex::decode(concat!(
+        "5345414c53494d31010001002152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881",
+        "db12ec3b2e2559265d508b26813298d5ce3f1a1e38c0023df3c8b9faccdfa40ebb304efc5d7c11fef388",
+        "2431e6165ad7d78a000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021",
+        "22232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f03f853e20297a04dfc7f0af7",
+        "4c9c6dde7fcfb5c20b1bb148cb2a7263a63b815524e1f354c5cc69642fa24b16c0c59c5cf5acf3931541",
+        "b56e271fa684b1154f09",
+    ))
+    .unwrap();
+    let rd: Vec<u8> = (0u8..64).collect();
+    let c = check(&ev, &Endorsements::default(), &allow(), Some(&rd)).unwrap();
+    assert_eq!(
+        c.measurements["sim_measurement"],
+        hex::encode(measure(b"sealdb-vault test binary"))
+    );
+    let platform = SimPlatform::from_seed(&[0x42; 32]).unwrap();
+    assert_eq!(
+        c.measurements["sim_platform_key"],
+        "2152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881db12"
+    );
+    // Ed25519 is deterministic: our producer makes the same bytes from the same inputs.
+    let rd: [u8; 64] = rd.try_into().unwrap();
+    assert_eq!(
+        platform.evidence(&measure(b"sealdb-vault test binary"), &rd),
+        ev
+    );
+}
+
+/// Allowing simulation accepts sim's debug flag, never a real TEE's.
+#[test]
+fn allowing_simulation_does_not_admit_debug_hardware_evidence() {
+    let quote = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/testvectors/dcap/tdx_quote_debug_td.dat"),
+    )
+    .unwrap();
+    let r = verify(
+        &Evidence {
+            format: Format::Tdx,
+            bytes: &quote,
+        },
+        &Endorsements::default(),
+        &allow(),
+        None,
+        NOW,
+    );
+    assert_eq!(r.unwrap_err(), Rejection::Debug);
 }

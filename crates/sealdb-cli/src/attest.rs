@@ -66,9 +66,14 @@ pub(crate) enum AttestCommand {
 /// Where collateral comes from and how it is cached.
 #[derive(Args)]
 pub(crate) struct FetchArgs {
-    /// A PCCS to ask for Intel collateral instead of Intel PCS.
+    /// A PCCS to ask for Intel collateral instead of Intel PCS (https; http only on this
+    /// machine).
     #[arg(long)]
     pccs_url: Option<String>,
+    /// The CA certificate (PEM or DER) of the PCCS's TLS certificate, trusted instead of the
+    /// public web roots for Intel collateral.
+    #[arg(long)]
+    pccs_ca: Option<PathBuf>,
     /// AMD KDS or a mirror of it.
     #[arg(long, default_value = sealdb_collateral::AMD_KDS_URL)]
     kds_url: String,
@@ -97,6 +102,16 @@ impl FetchArgs {
             .with_max_age(self.max_age);
         if let Some(u) = &self.pccs_url {
             f = f.with_pccs(u);
+        }
+        if let Some(ca) = &self.pccs_ca {
+            let bytes = read_file(ca, "PCCS CA certificate")?;
+            let der = if bytes.starts_with(b"-----BEGIN") {
+                sealdb_attest::pem_to_der(&bytes)
+                    .ok_or_else(|| fail(format!("{}: bad PEM", ca.display())))?
+            } else {
+                bytes
+            };
+            f = f.with_intel_ca(der);
         }
         if !self.no_cache {
             let dir = match &self.cache_dir {
@@ -213,9 +228,17 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
                 endorsements = endorsements.with_snp_vcek(fetch_vcek(&source, &bytes)?);
             }
             if let Some(k) = &sim_platform_key {
-                let key = hex::decode(k.trim())
-                    .map_err(|e| fail(format!("--sim-platform-key is not hex: {e}")))?;
+                if format != Format::Sim {
+                    return Err(fail("--sim-platform-key applies only to --format sim"));
+                }
+                let key: [u8; 32] = hex::decode(k.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| fail("--sim-platform-key must be 64 hex digits (32 bytes)"))?;
                 endorsements = endorsements.with_sim_platform_key(key);
+            }
+            if fetch && !(dcap || format == Format::Snp) {
+                eprintln!("warning: --fetch: {format:?} evidence needs no fetched collateral");
             }
             let policy = read_policy(policy.as_deref())?;
             let expected = report_data
@@ -226,6 +249,12 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
                 .transpose()?;
             if expected.as_ref().is_some_and(|e| e.len() > 64) {
                 return Err(fail("--report-data is longer than 64 bytes"));
+            }
+            if expected.is_none() {
+                eprintln!(
+                    "warning: no --report-data: nothing ties this evidence to a session, so a \
+                     replayed copy is accepted too"
+                );
             }
             let now = at.unwrap_or_else(unix_now);
             let ev = Evidence {
@@ -306,5 +335,7 @@ fn write_atomic(out: &Path, data: &[u8]) -> Result<(), Failure> {
     std::io::Write::write_all(&mut tmp, data).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(out).map_err(|e| err(e.error))?;
-    Ok(())
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
 }

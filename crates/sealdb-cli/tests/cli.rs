@@ -485,7 +485,7 @@ fn attest_verify_sim_evidence_only_with_a_policy_that_allows_simulation() {
     std::fs::write(
         &policy,
         format!(
-            "allow_insecure_simulation = true\n[measurements]\nmeasurement = [\"{}\"]\n",
+            "allow_insecure_simulation = true\n[measurements]\nsim_measurement = [\"{}\"]\n",
             hex::encode(measurement)
         ),
     )
@@ -504,5 +504,10 @@ fn attest_verify_sim_evidence_only_with_a_policy_that_allows_simulation() {
     assert_eq!(claims["debug"], true);
     let other = hex::encode(SimPlatform::generate().unwrap().public_key());
     allowed[9] = &other;
-    assert_eq!(sealdb(&allowed).status.code(), Some(1));
+    let wrong = sealdb(&allowed);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("another simulated platform key"));
+    allowed[9] = "abcd";
+    let short = sealdb(&allowed);
+    assert!(String::from_utf8_lossy(&short.stderr).contains("64 hex digits"));
 }

@@ -8,9 +8,11 @@
 //!  "body": "3082…"}
 //! ```
 //!
-//! `body` is hex. An entry is served while `fetched_at <= now < expires_at`. Entries are
-//! written to a temporary file, synced, renamed over the old one, and the directory synced,
-//! so a crash leaves either the old entry or the new one. Nothing secret is cached: collateral
+//! `body` is hex. An entry is served while `fetched_at <= now < expires_at` and, unless its
+//! content is immutable (a VCEK), while it is younger than the fetcher's maximum age. Only
+//! collateral that verified the evidence when fetched is stored. Entries are written to a
+//! temporary file, synced, renamed over the old one, and the directory synced, so a crash
+//! leaves either the old entry or the new one. Nothing secret is cached: collateral
 //! is public and signed by its vendor, so a modified entry makes verification fail, never
 //! pass.
 
@@ -55,21 +57,20 @@ struct Entry {
     body: String,
 }
 
+/// The largest cache file read (a response is at most 16 MiB, twice that in hex).
+const MAX_FILE: u64 = 33 << 20;
+
 /// A cached response, decoded and checked against the URL it should be for.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Decoded {
-    /// When it was fetched (Unix seconds).
-    pub fetched_at: u64,
-    /// When it stops being served (Unix seconds).
-    pub expires_at: u64,
-    /// The response's headers that were kept.
-    pub headers: BTreeMap<String, String>,
-    /// The response body.
-    pub body: Vec<u8>,
+pub(crate) struct Decoded {
+    pub(crate) fetched_at: u64,
+    pub(crate) expires_at: u64,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Decodes a cache file's bytes; `url` is the URL the entry must be for. Never panics.
-pub fn decode_entry(bytes: &[u8], url: &str) -> Result<Decoded, String> {
+pub(crate) fn decode_entry(bytes: &[u8], url: &str) -> Result<Decoded, String> {
     let e: Entry = serde_json::from_slice(bytes).map_err(|e| format!("not an entry: {e}"))?;
     if e.format != FORMAT {
         return Err(format!("format {:?}, expected {FORMAT:?}", e.format));
@@ -115,11 +116,16 @@ impl Cache {
 
     /// The conventional location: `$XDG_CACHE_HOME/sealdb/collateral`, else
     /// `$HOME/.cache/sealdb/collateral`.
+    /// Only absolute paths count; `None` without one.
     pub fn default_dir() -> Option<PathBuf> {
+        let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
         let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+            .and_then(absolute)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .and_then(absolute)
+                    .map(|h| h.join(".cache"))
+            })?;
         Some(base.join("sealdb").join("collateral"))
     }
 
@@ -143,19 +149,36 @@ impl Cache {
         self.dir.join(format!("{digest}.json"))
     }
 
-    /// The fresh cached response for `url`, if any.
-    pub(crate) fn load(&self, url: &str, now: u64) -> Result<Option<Response>, CacheError> {
+    /// The fresh cached response for `url`, if any: not expired and, with `max_age`, not
+    /// older than that.
+    pub(crate) fn load(
+        &self,
+        url: &str,
+        now: u64,
+        max_age: Option<u64>,
+    ) -> Result<Option<Response>, CacheError> {
+        use std::io::Read;
         let path = self.path_of(url);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let mut bytes = Vec::new();
+        let read =
+            std::fs::File::open(&path).and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Io { path, source }),
-        };
+        }
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(CacheError::Corrupt {
+                path,
+                detail: format!("larger than {MAX_FILE} bytes"),
+            });
+        }
         let d = decode_entry(&bytes, url).map_err(|detail| CacheError::Corrupt {
             path: path.clone(),
             detail,
         })?;
-        if d.fetched_at <= now && now < d.expires_at {
+        let young = max_age.is_none_or(|m| now < d.fetched_at.saturating_add(m));
+        if d.fetched_at <= now && now < d.expires_at && young {
             Ok(Some(Response {
                 headers: d.headers,
                 body: d.body,
@@ -186,23 +209,71 @@ impl Cache {
             source: std::io::Error::other(e),
         })?;
         let path = self.path_of(url);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| CacheError::Io { path: p, source }
         };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(&tmp)(e));
-        }
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        // A temporary file of its own (removed if anything fails), then rename and sync.
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
+        tmp.write_all(&bytes).map_err(io(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+        tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_decode_only_when_whole_and_for_their_url() {
+        let good = br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"00ff"}"#;
+        let d = decode_entry(good, "u").unwrap();
+        assert_eq!(d.body, vec![0, 0xff]);
+        assert!(decode_entry(good, "v").unwrap_err().contains("not \"v\""));
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[1]",
+            br#"{"format":"x","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":""}"#,
+            br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":3,"expires_at":2,"headers":{},"body":""}"#,
+            br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"0"}"#,
+            br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"","extra":1}"#,
+        ] {
+            assert!(decode_entry(bad, "u").is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn freshness_follows_expiry_and_the_callers_maximum_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let resp = Response {
+            headers: BTreeMap::new(),
+            body: b"crl".to_vec(),
+        };
+        cache.store("https://x/a", &resp, 100, 1_000).unwrap();
+        assert_eq!(
+            cache.load("https://x/a", 100, None).unwrap(),
+            Some(resp.clone())
+        );
+        assert_eq!(
+            cache.load("https://x/a", 999, None).unwrap(),
+            Some(resp.clone())
+        );
+        assert_eq!(cache.load("https://x/a", 1_000, None).unwrap(), None);
+        // Fetched "in the future": the clock went back; not served.
+        assert_eq!(cache.load("https://x/a", 99, None).unwrap(), None);
+        // A maximum age lowered after the entry was stored is honoured.
+        assert_eq!(
+            cache.load("https://x/a", 150, Some(60)).unwrap(),
+            Some(resp)
+        );
+        assert_eq!(cache.load("https://x/a", 160, Some(60)).unwrap(), None);
+        // Nothing else is left in the directory (no temporary files).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

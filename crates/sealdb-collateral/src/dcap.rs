@@ -13,6 +13,8 @@
 use der::Decode;
 use serde_json::value::RawValue;
 
+use sealdb_attest::{Evidence, Format, Policy};
+
 use crate::{FetchError, IntelService, Response, Run};
 
 const PCK_CRL_CHAIN: &str = "SGX-PCK-CRL-Issuer-Chain";
@@ -165,7 +167,38 @@ pub(crate) fn collateral(run: &mut Run<'_>, quote: &[u8]) -> Result<String, Fetc
         qe_identity_signature,
         pck_certificate_chain: None,
     };
-    serde_json::to_string(&c).map_err(|e| FetchError::Evidence(format!("collateral JSON: {e}")))
+    let json = serde_json::to_string(&c).map_err(|e| FetchError::Response {
+        url: tcb_url.clone(),
+        detail: format!("collateral JSON: {e}"),
+    })?;
+    // Only collateral that verifies the quote now is cached (debug aside: that is the
+    // policy's business, not the collateral's).
+    let verdict = sealdb_attest::Endorsements::dcap_collateral_json(&json)
+        .and_then(|e| {
+            let format = if tee == "sgx" {
+                Format::Sgx
+            } else {
+                Format::Tdx
+            };
+            let policy = Policy {
+                allow_debug: true,
+                ..Policy::default()
+            };
+            sealdb_attest::verify(
+                &Evidence {
+                    format,
+                    bytes: quote,
+                },
+                &e,
+                &policy,
+                None,
+                run.now(),
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| format!("it does not verify the quote now: {e}"));
+    run.commit(verdict);
+    Ok(json)
 }
 
 /// Every decoder of a PCS/PCCS response body, for the fuzz targets.

@@ -6,6 +6,7 @@ pub fn decoders(data: &[u8]) {
     let _ = crate::cache::decode_entry(data, "https://example/u");
     crate::dcap::decode_responses(data);
     crate::snp::decode_response(data);
+    let _ = sealdb_attest::utc_seconds(&String::from_utf8_lossy(data));
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ mod snp;
 
 use std::time::Duration;
 
-pub use cache::{decode_entry as decode_cache_entry, Cache, CacheError, Decoded as CachedEntry};
+pub use cache::{Cache, CacheError};
 pub use snp::SnpProduct;
 
 /// Intel's Provisioning Certification Service.
@@ -71,6 +71,15 @@ pub enum FetchError {
         /// The URL requested.
         url: String,
         /// What is wrong with the response.
+        detail: String,
+    },
+    /// The URL is not one collateral is fetched from: not HTTPS (plain HTTP is allowed only
+    /// from this machine), or it carries credentials.
+    #[error("refusing {url}: {detail}")]
+    InsecureUrl {
+        /// The URL.
+        url: String,
+        /// Why.
         detail: String,
     },
     /// The cache is offline and holds no fresh copy of this URL.
@@ -118,6 +127,8 @@ enum IntelService {
 #[derive(Debug)]
 pub struct Fetcher {
     agent: ureq::Agent,
+    /// For Intel collateral from a PCCS with its own certificate authority.
+    intel_agent: Option<ureq::Agent>,
     intel: IntelService,
     root_ca_crl_url: String,
     kds_url: String,
@@ -134,14 +145,9 @@ impl Default for Fetcher {
 impl Fetcher {
     /// A fetcher for Intel PCS and AMD KDS, without a cache.
     pub fn new() -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .user_agent(concat!("sealdb/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         Fetcher {
-            agent,
+            agent: agent(None),
+            intel_agent: None,
             intel: IntelService::Pcs(INTEL_PCS_URL.into()),
             root_ca_crl_url: INTEL_ROOT_CA_CRL_URL.into(),
             kds_url: AMD_KDS_URL.into(),
@@ -154,6 +160,20 @@ impl Fetcher {
     pub fn with_pccs(mut self, url: &str) -> Self {
         self.intel = IntelService::Pccs(trim_base(url));
         self
+    }
+
+    /// Trusts `der`, a CA certificate, for the TLS connection to the PCCS (or PCS) instead of
+    /// the public web roots: a PCCS usually has a certificate of its own.
+    pub fn with_intel_ca(mut self, der: Vec<u8>) -> Self {
+        self.intel_agent = Some(agent(Some(der)));
+        self
+    }
+
+    fn is_intel(&self, url: &str) -> bool {
+        let base = match &self.intel {
+            IntelService::Pcs(u) | IntelService::Pccs(u) => u,
+        };
+        url.starts_with(base.as_str()) || url == self.root_ca_crl_url
     }
 
     /// Intel collateral from a PCS-compatible service at `url` other than Intel's.
@@ -209,11 +229,16 @@ impl Fetcher {
     }
 
     fn network_get(&self, url: &str, headers: &[&str]) -> Result<Response, FetchError> {
+        check_url(url)?;
         let transport = |e: ureq::Error| FetchError::Transport {
             url: url.to_string(),
             detail: e.to_string(),
         };
-        let mut resp = self.agent.get(url).call().map_err(transport)?;
+        let agent = match &self.intel_agent {
+            Some(a) if self.is_intel(url) => a,
+            _ => &self.agent,
+        };
+        let mut resp = agent.get(url).call().map_err(transport)?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(FetchError::Status {
@@ -250,6 +275,53 @@ impl Fetcher {
     }
 }
 
+/// Collateral is fetched over HTTPS; plain HTTP only from this machine (a local PCCS, tests).
+/// URLs with credentials are refused: they would be printed in errors and kept in the cache.
+fn check_url(url: &str) -> Result<(), FetchError> {
+    let insecure = |detail: &str| FetchError::InsecureUrl {
+        url: url.to_string(),
+        detail: detail.to_string(),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| insecure("not an absolute URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(insecure("credentials in URLs are not accepted"));
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        "http" => Err(insecure(
+            "plain HTTP is accepted only from this machine (127.0.0.1, localhost, [::1])",
+        )),
+        _ => Err(insecure("only https URLs are accepted")),
+    }
+}
+
+/// An HTTP agent: one-minute timeout, no redirects (a redirect is an error status), the
+/// public web roots or only `ca`.
+fn agent(ca: Option<Vec<u8>>) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(der) = ca {
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[
+            ureq::tls::Certificate::from_der(&der).to_owned(),
+        ]));
+    }
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(tls.build())
+        .user_agent(concat!("sealdb/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
 fn trim_base(url: &str) -> String {
     url.trim_end_matches('/')
         .trim_end_matches("/sgx/certification/v4")
@@ -257,13 +329,16 @@ fn trim_base(url: &str) -> String {
         .to_string()
 }
 
-/// One fetch of a set of collateral: the fetcher, the time, and what happened.
+/// One fetch of a set of collateral: the fetcher, the time, and what happened. Responses
+/// fetched from the network wait in `pending` and reach the cache only through
+/// [`Run::commit`], after the caller has checked that they verify the evidence.
 pub(crate) struct Run<'a> {
     fetcher: &'a Fetcher,
     now: u64,
     from_cache: usize,
     fetched: usize,
     warnings: Vec<String>,
+    pending: Vec<(String, Response, u64)>,
 }
 
 impl<'a> Run<'a> {
@@ -274,6 +349,7 @@ impl<'a> Run<'a> {
             from_cache: 0,
             fetched: 0,
             warnings: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -290,8 +366,33 @@ impl<'a> Run<'a> {
         self.fetcher
     }
 
+    pub(crate) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Caches what was fetched, or, if `verdict` is an error, says why it was not cached.
+    pub(crate) fn commit(&mut self, verdict: Result<(), String>) {
+        let pending = std::mem::take(&mut self.pending);
+        let Some(cache) = &self.fetcher.cache else {
+            return;
+        };
+        if let Err(why) = verdict {
+            if !pending.is_empty() {
+                self.warnings
+                    .push(format!("fetched collateral not cached: {why}"));
+            }
+            return;
+        }
+        for (url, resp, expires) in pending {
+            if let Err(e) = cache.store(&url, &resp, self.now, expires) {
+                self.warnings.push(format!("{e} (not cached)"));
+            }
+        }
+    }
+
     /// GETs `url` through the cache. `expiry` tells when the content itself goes stale
-    /// (`None`: unknown); `immutable` content is kept until then regardless of max age.
+    /// (`None`: unknown); `immutable` content (the same for the same URL) is kept until then
+    /// regardless of the maximum age.
     pub(crate) fn get(
         &mut self,
         url: &str,
@@ -301,16 +402,15 @@ impl<'a> Run<'a> {
     ) -> Result<Response, FetchError> {
         let f = self.fetcher;
         if let Some(cache) = &f.cache {
-            match cache.load(url, self.now) {
+            let max_age = (!immutable).then_some(f.max_age);
+            match cache.load(url, self.now, max_age) {
                 Ok(Some(resp)) => {
                     self.from_cache += 1;
                     return Ok(resp);
                 }
                 Ok(None) => {}
-                Err(e @ CacheError::Corrupt { .. }) => {
-                    self.warnings.push(format!("{e}; fetching it again"));
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) if cache.is_offline() => return Err(e.into()),
+                Err(e) => self.warnings.push(format!("{e}; fetching it again")),
             }
             if cache.is_offline() {
                 return Err(FetchError::NotCached {
@@ -320,16 +420,14 @@ impl<'a> Run<'a> {
         }
         let resp = f.network_get(url, headers)?;
         self.fetched += 1;
-        if let Some(cache) = &f.cache {
-            let by_age = self.now.saturating_add(f.max_age);
-            let expires = match (expiry(&resp), immutable) {
-                (Some(t), true) => t,
-                (Some(t), false) => t.min(by_age),
-                (None, _) => by_age,
-            };
-            if expires > self.now {
-                cache.store(url, &resp, self.now, expires)?;
-            }
+        let by_age = self.now.saturating_add(f.max_age);
+        let expires = match (expiry(&resp), immutable) {
+            (Some(t), true) => t,
+            (Some(t), false) => t.min(by_age),
+            (None, _) => by_age,
+        };
+        if expires > self.now {
+            self.pending.push((url.to_string(), resp.clone(), expires));
         }
         Ok(resp)
     }

@@ -64,7 +64,9 @@ pub(crate) fn vcek_url(
     report: &AttestationReport,
     product: Option<SnpProduct>,
 ) -> Result<String, FetchError> {
-    let product = match (product, product_of(report)) {
+    // A report with an FMC TCB value comes from a Turin (or later) processor.
+    let named = product_of(report).or(report.reported_tcb.fmc.map(|_| SnpProduct::Turin));
+    let product = match (product, named) {
         (Some(given), Some(named)) if given != named => {
             return Err(FetchError::Evidence(format!(
                 "the report names a {named:?} processor, not {given:?}"
@@ -121,9 +123,27 @@ pub(crate) fn vcek(
     let resp = run.get(&url, &[], |r| not_after(&der_of(&r.body)), true)?;
     let der = der_of(&resp.body);
     x509_cert::Certificate::from_der(&der).map_err(|e| FetchError::Response {
-        url,
+        url: url.clone(),
         detail: format!("not an X.509 certificate: {e}"),
     })?;
+    // Cached only if it verifies the report now: a wrong VCEK must not stick for years.
+    let policy = sealdb_attest::Policy {
+        allow_debug: true,
+        ..sealdb_attest::Policy::default()
+    };
+    let verdict = sealdb_attest::verify(
+        &sealdb_attest::Evidence {
+            format: sealdb_attest::Format::Snp,
+            bytes: report,
+        },
+        &sealdb_attest::Endorsements::default().with_snp_vcek(der.clone()),
+        &policy,
+        None,
+        run.now(),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("the VCEK from {url} does not verify the report now: {e}"));
+    run.commit(verdict);
     Ok(der)
 }
 

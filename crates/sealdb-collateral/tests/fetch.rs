@@ -157,9 +157,17 @@ fn tdx_collateral_from_pcs_paths_verifies() {
         .with_root_ca_crl_url(&format!("{}/IntelSGXRootCA.der", server.base));
     let got = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
     assert_eq!(got.fetched, 4);
-    let requests = server.take_requests();
-    assert!(requests.contains(&format!("/tdx/certification/v4/tcb?fmspc={fmspc}")));
-    assert!(requests.contains(&"/IntelSGXRootCA.der".to_string()));
+    let mut requests = server.take_requests();
+    requests.sort();
+    assert_eq!(
+        requests,
+        [
+            "/IntelSGXRootCA.der".to_string(),
+            "/sgx/certification/v4/pckcrl?ca=platform&encoding=der".to_string(),
+            "/tdx/certification/v4/qe/identity".to_string(),
+            format!("/tdx/certification/v4/tcb?fmspc={fmspc}"),
+        ]
+    );
     let file = String::from_utf8(vector("dcap/tdx_quote_collateral.json")).unwrap();
     assert_eq!(
         verify_with(Format::Tdx, &quote, &got.value),
@@ -266,23 +274,151 @@ fn snp_vcek_from_kds_verifies_the_report_and_is_kept_until_it_expires() {
     assert!(server.take_requests().is_empty());
 }
 
+fn milan_report() -> Vec<u8> {
+    hex::decode(
+        String::from_utf8(vector("snp/report_milan.hex"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<String>(),
+    )
+    .unwrap()
+}
+
+/// Serves `vcek` where the fetcher asks for the Milan sample's VCEK; returns that path.
+fn serve_vcek(server: &Server, fetcher: &Fetcher, vcek: Vec<u8>) -> String {
+    let _ = fetcher.snp_vcek(&milan_report(), Some(SnpProduct::Milan), SGX_REF);
+    let target = server.take_requests().pop().unwrap();
+    server.route(&target, 200, &[], vcek);
+    target
+}
+
 #[test]
-fn cache_entries_decode_without_panicking() {
-    use sealdb_collateral::decode_cache_entry;
-    let good = br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"00ff"}"#;
-    let d = decode_cache_entry(good, "u").unwrap();
-    assert_eq!(d.body, vec![0, 0xff]);
-    assert!(decode_cache_entry(good, "v")
-        .unwrap_err()
-        .contains("not \"v\""));
-    for bad in [
-        &b""[..],
-        b"{}",
-        b"[1]",
-        br#"{"format":"x","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":""}"#,
-        br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":3,"expires_at":2,"headers":{},"body":""}"#,
-        br#"{"format":"sealdb-collateral-cache-v1","url":"u","fetched_at":1,"expires_at":2,"headers":{},"body":"0"}"#,
+fn collateral_that_does_not_verify_is_not_cached() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new()
+        .with_kds(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap());
+    serve_vcek(&server, &fetcher, vector("snp/vcek-invalid.der"));
+    for _ in 0..2 {
+        let got = fetcher
+            .snp_vcek(&milan_report(), Some(SnpProduct::Milan), SGX_REF)
+            .unwrap();
+        assert_eq!((got.fetched, got.from_cache), (1, 0));
+        assert!(
+            got.warnings[0].contains("does not verify the report"),
+            "{:?}",
+            got.warnings
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // A DCAP response without its issuer chain fails the fetch and leaves nothing behind.
+    serve_dcap(
+        &server,
+        "sgx_quote_collateral.json",
+        "sgx",
+        "00A067110000",
+        "processor",
+    );
+    server.route(
+        "/sgx/certification/v4/qe/identity",
+        200,
+        &[],
+        b"{}".to_vec(),
+    );
+    let dcap = Fetcher::new()
+        .with_pccs(&server.base)
+        .with_cache(Cache::open(dir.path()).unwrap());
+    let e = dcap
+        .dcap_collateral(&vector("dcap/sgx_quote"), SGX_REF)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing header SGX-Enclave-Identity-Issuer-Chain"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_lowered_maximum_age_applies_to_what_is_already_cached_and_a_vcek_expires() {
+    let server = Server::start();
+    serve_dcap(
+        &server,
+        "sgx_quote_collateral.json",
+        "sgx",
+        "00A067110000",
+        "processor",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let quote = vector("dcap/sgx_quote");
+    let fetcher = |max_age: u64| {
+        Fetcher::new()
+            .with_pccs(&server.base)
+            .with_kds(&server.base)
+            .with_max_age(max_age)
+            .with_cache(Cache::open(dir.path()).unwrap())
+    };
+    assert_eq!(
+        fetcher(DAY)
+            .dcap_collateral(&quote, SGX_REF)
+            .unwrap()
+            .fetched,
+        4
+    );
+    assert_eq!(
+        fetcher(DAY)
+            .dcap_collateral(&quote, SGX_REF + 60)
+            .unwrap()
+            .from_cache,
+        4
+    );
+    assert_eq!(
+        fetcher(30)
+            .dcap_collateral(&quote, SGX_REF + 60)
+            .unwrap()
+            .fetched,
+        4
+    );
+    // The VCEK is kept past any maximum age, but not past its own expiry (2030-04-03).
+    serve_vcek(&server, &fetcher(DAY), vector("snp/vcek_milan.der"));
+    let f = fetcher(30);
+    let rep = milan_report();
+    let first = f.snp_vcek(&rep, Some(SnpProduct::Milan), SGX_REF).unwrap();
+    assert_eq!(first.fetched, 1, "{:?}", (first.from_cache, first.warnings));
+    let next_year = SGX_REF + 365 * DAY;
+    assert_eq!(
+        f.snp_vcek(&rep, Some(SnpProduct::Milan), next_year)
+            .unwrap()
+            .from_cache,
+        1
+    );
+    let after_expiry = 1_920_000_000; // 2030-11-04
+    assert_eq!(
+        f.snp_vcek(&rep, Some(SnpProduct::Milan), after_expiry)
+            .unwrap()
+            .fetched,
+        1
+    );
+}
+
+#[test]
+fn only_https_or_local_http_without_credentials_is_used() {
+    let quote = vector("dcap/sgx_quote");
+    for url in [
+        "http://pccs.example.com:8081",
+        "ftp://pccs.example.com",
+        "https://user:secret@pccs.example.com",
+        "pccs.example.com",
     ] {
-        assert!(decode_cache_entry(bad, "u").is_err());
+        let e = Fetcher::new()
+            .with_pccs(url)
+            .dcap_collateral(&quote, SGX_REF)
+            .unwrap_err();
+        assert!(matches!(e, FetchError::InsecureUrl { .. }), "{url}: {e}");
+        assert!(
+            !e.to_string().contains("secret")
+                || url.contains("secret") && e.to_string().contains("credentials")
+        );
     }
 }

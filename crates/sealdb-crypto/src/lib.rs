@@ -265,7 +265,10 @@ pub const ED25519_SIGNATURE_LEN: usize = 64;
 
 /// An Ed25519 signing key (the 32-byte seed of RFC 8032): zeroized on drop, redacted in
 /// `Debug`, never cloned. Used for simulated TEE evidence and, later, verifier verdicts.
-#[derive(Zeroize, ZeroizeOnDrop)]
+///
+/// Only the seed is kept. Each signature expands it into a `ring` key pair for the duration
+/// of the call; `ring` does not wipe that expanded key when it is dropped.
+#[derive(ZeroizeOnDrop)]
 pub struct SigningKey {
     seed: [u8; 32],
 }
