@@ -13,6 +13,10 @@
 //! - Key wrapping ([`AeadKey::wrap_key`], [`AeadKey::unwrap_key`]) and key-check values
 //!   ([`AeadKey::check_value`], [`AeadKey::verify_check_value`]).
 //! - [`ct_eq`], a constant-time comparison for tags and check values.
+//! - Digests (SHA-256/384/512), ECDSA P-384 and Ed25519 verification, Ed25519 signing
+//!   ([`SigningKey`]).
+//! - [`tls`]: TLS 1.3 through `rustls` on `ring` for attested connections (a self-signed
+//!   identity made in the vault, and a client that leaves trust to attestation).
 //!
 //! What it is not: a general crypto toolkit. Nonces are never derived from counters or file
 //! positions (a crash could repeat them); callers must bound the number of units sealed under
@@ -27,6 +31,8 @@
 //! assert_eq!(plain, b"hello");
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -227,6 +233,14 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 pub fn sha384(data: &[u8]) -> [u8; 48] {
     let d = ring::digest::digest(&ring::digest::SHA384, data);
     let mut out = [0u8; 48];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// SHA-512 of `data`.
+pub fn sha512(data: &[u8]) -> [u8; 64] {
+    let d = ring::digest::digest(&ring::digest::SHA512, data);
+    let mut out = [0u8; 64];
     out.copy_from_slice(d.as_ref());
     out
 }
@@ -471,6 +485,10 @@ mod tests {
         assert_eq!(
             hex::encode(sha384(b"abc")),
             "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+        );
+        assert_eq!(
+            hex::encode(sha512(b"abc")),
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
         );
     }
 
