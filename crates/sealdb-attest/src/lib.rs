@@ -138,10 +138,12 @@ pub struct Claims {
     /// The 64 bytes the TEE bound into the evidence (hex).
     pub report_data: String,
     /// What the endorsements were: SHA-256 digests (hex) of each collateral item and, for
-    /// DCAP, their issue dates (`tcb_info_issue_date`, … as Unix seconds in decimal).
+    /// DCAP, their dates (`tcb_info_issue_date`, `pck_crl_this_update`, … as Unix seconds
+    /// in decimal).
     pub collateral: std::collections::BTreeMap<String, String>,
     /// The oldest issue date among the dated collateral items (DCAP TCB info and QE
-    /// identity), Unix seconds; `None` for formats without dated collateral.
+    /// identity `issueDate`, PCK CRL `thisUpdate`), Unix seconds; `None` for formats without
+    /// dated collateral.
     pub collateral_issued_at: Option<u64>,
     /// The time the evidence was judged at (Unix seconds).
     pub verified_at: u64,

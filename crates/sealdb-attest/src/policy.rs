@@ -45,7 +45,8 @@ pub struct Policy {
     #[serde(default)]
     pub rejected_advisories: Vec<String>,
     /// The oldest acceptable collateral, in seconds before the verification time, for
-    /// formats with dated collateral (DCAP TCB info and QE identity issue dates).
+    /// formats with dated collateral (DCAP: TCB info and QE identity issue dates, PCK CRL
+    /// `thisUpdate`; see `Claims::collateral_issued_at`).
     #[serde(default)]
     pub max_collateral_age_secs: Option<u64>,
     /// Reference measurements by claim name: the claim must equal one of the values (hex).

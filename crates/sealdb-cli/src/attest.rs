@@ -19,20 +19,8 @@ pub(crate) enum AttestCommand {
         /// The evidence (binary or hex text).
         #[arg(long)]
         evidence: PathBuf,
-        /// Collateral (DCAP: the JSON collateral).
-        #[arg(long)]
-        collateral: Option<PathBuf>,
-        /// The VCEK certificate (SEV-SNP; DER or PEM).
-        #[arg(long)]
-        vcek: Option<PathBuf>,
-        /// Fetch what --collateral or --vcek does not give (Intel PCS/PCCS, AMD KDS).
-        #[arg(long)]
-        fetch: bool,
         #[command(flatten)]
-        source: FetchArgs,
-        /// Accept only `sim` evidence signed by this simulated platform key (hex).
-        #[arg(long)]
-        sim_platform_key: Option<String>,
+        endorse: EndorsementArgs,
         /// Policy file (TOML). Without it: authenticity, freshness and debug only.
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -61,6 +49,78 @@ pub(crate) enum AttestCommand {
         #[command(flatten)]
         source: FetchArgs,
     },
+}
+
+/// What vouches for the evidence: files, or fetched collateral.
+#[derive(Args)]
+pub(crate) struct EndorsementArgs {
+    /// Collateral (DCAP: the JSON collateral).
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// The VCEK certificate (SEV-SNP; DER or PEM).
+    #[arg(long)]
+    vcek: Option<PathBuf>,
+    /// Fetch what --collateral or --vcek does not give (Intel PCS/PCCS, AMD KDS).
+    #[arg(long)]
+    fetch: bool,
+    #[command(flatten)]
+    source: FetchArgs,
+    /// Accept only `sim` evidence signed by this simulated platform key (hex).
+    #[arg(long)]
+    sim_platform_key: Option<String>,
+}
+
+impl EndorsementArgs {
+    /// The endorsements for `bytes` of `format`: from files, fetched, or none.
+    pub(crate) fn endorsements(
+        &self,
+        format: Format,
+        bytes: &[u8],
+    ) -> Result<Endorsements, Failure> {
+        let mut endorsements = Endorsements::default();
+        let dcap = matches!(format, Format::Sgx | Format::Tdx);
+        // Checked first, so a bad value fails before anything is fetched.
+        let sim_key = self
+            .sim_platform_key
+            .as_ref()
+            .map(|k| -> Result<[u8; 32], Failure> {
+                if format != Format::Sim {
+                    return Err(fail("--sim-platform-key applies only to sim evidence"));
+                }
+                hex::decode(k.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| fail("--sim-platform-key must be 64 hex digits (32 bytes)"))
+            })
+            .transpose()?;
+        if let Some(c) = &self.collateral {
+            let text = String::from_utf8(read_file(c, "collateral")?)
+                .map_err(|_| fail(format!("collateral {} is not UTF-8 JSON", c.display())))?;
+            endorsements = dcap_endorsements(&text, &c.display().to_string())?;
+        } else if self.fetch && dcap {
+            let json = fetch_dcap(&self.source, bytes)?;
+            endorsements = dcap_endorsements(&json, "fetched collateral")?;
+        }
+        if let Some(v) = &self.vcek {
+            let bytes = read_file(v, "VCEK")?;
+            let der = if bytes.starts_with(b"-----BEGIN") {
+                sealdb_attest::pem_to_der(&bytes)
+                    .ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
+            } else {
+                bytes
+            };
+            endorsements = endorsements.with_snp_vcek(der);
+        } else if self.fetch && format == Format::Snp {
+            endorsements = endorsements.with_snp_vcek(fetch_vcek(&self.source, bytes)?);
+        }
+        if let Some(key) = sim_key {
+            endorsements = endorsements.with_sim_platform_key(key);
+        }
+        if self.fetch && !(dcap || format == Format::Snp) {
+            eprintln!("warning: --fetch: {format:?} evidence needs no fetched collateral");
+        }
+        Ok(endorsements)
+    }
 }
 
 /// Where collateral comes from and how it is cached.
@@ -130,7 +190,7 @@ impl FetchArgs {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -194,52 +254,14 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
         AttestCommand::Verify {
             format,
             evidence,
-            collateral,
-            vcek,
-            fetch,
-            source,
-            sim_platform_key,
+            endorse,
             policy,
             report_data,
             at,
             repeat,
         } => {
             let bytes = binary_or_hex(read_file(&evidence, "evidence")?);
-            let mut endorsements = Endorsements::default();
-            let dcap = matches!(format, Format::Sgx | Format::Tdx);
-            if let Some(c) = &collateral {
-                let text = String::from_utf8(read_file(c, "collateral")?)
-                    .map_err(|_| fail(format!("collateral {} is not UTF-8 JSON", c.display())))?;
-                endorsements = dcap_endorsements(&text, &c.display().to_string())?;
-            } else if fetch && dcap {
-                let json = fetch_dcap(&source, &bytes)?;
-                endorsements = dcap_endorsements(&json, "fetched collateral")?;
-            }
-            if let Some(v) = &vcek {
-                let bytes = read_file(v, "VCEK")?;
-                let der = if bytes.starts_with(b"-----BEGIN") {
-                    sealdb_attest::pem_to_der(&bytes)
-                        .ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
-                } else {
-                    bytes
-                };
-                endorsements = endorsements.with_snp_vcek(der);
-            } else if fetch && format == Format::Snp {
-                endorsements = endorsements.with_snp_vcek(fetch_vcek(&source, &bytes)?);
-            }
-            if let Some(k) = &sim_platform_key {
-                if format != Format::Sim {
-                    return Err(fail("--sim-platform-key applies only to --format sim"));
-                }
-                let key: [u8; 32] = hex::decode(k.trim())
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| fail("--sim-platform-key must be 64 hex digits (32 bytes)"))?;
-                endorsements = endorsements.with_sim_platform_key(key);
-            }
-            if fetch && !(dcap || format == Format::Snp) {
-                eprintln!("warning: --fetch: {format:?} evidence needs no fetched collateral");
-            }
+            let endorsements = endorse.endorsements(format, &bytes)?;
             let policy = read_policy(policy.as_deref())?;
             let expected = report_data
                 .map(|h| {
@@ -250,7 +272,7 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
             if expected.as_ref().is_some_and(|e| e.len() > 64) {
                 return Err(fail("--report-data is longer than 64 bytes"));
             }
-            if expected.is_none() {
+            if expected.is_none() && repeat.is_none() {
                 eprintln!(
                     "warning: no --report-data: nothing ties this evidence to a session, so a \
                      replayed copy is accepted too"
@@ -307,7 +329,7 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
     }
 }
 
-fn read_policy(path: Option<&Path>) -> Result<Policy, Failure> {
+pub(crate) fn read_policy(path: Option<&Path>) -> Result<Policy, Failure> {
     match path {
         Some(p) => {
             let text = String::from_utf8(read_file(p, "policy")?)

@@ -20,6 +20,7 @@ macro_rules! say_inline {
 mod attest;
 mod bench;
 mod demo;
+mod provision;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -151,6 +152,13 @@ enum Command {
         #[command(subcommand)]
         command: attest::AttestCommand,
     },
+    /// Verify a vault's attestation over TLS, then give it the master key (owner side).
+    Provision(provision::ProvisionArgs),
+    /// The vault: run one, or ask one for its state.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Data keys: list, rotate, rekey, rotate the master key.
     Keys {
         #[command(subcommand)]
@@ -162,6 +170,28 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time an online master-key rotation with many data keys under a write load.
     BenchMaster(bench::MasterBenchArgs),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Run a vault in the foreground: prints its address, then serves provisioning over TLS.
+    Serve {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: String,
+        /// The TEE: `sim` (insecure simulation) or `gramine` (SGX under Gramine).
+        #[arg(long)]
+        tee: String,
+        /// Gramine's attestation directory.
+        #[arg(long, default_value = "/dev/attestation")]
+        gramine_dir: String,
+    },
+    /// Ask a vault for its state (not attested: for operators, not for trust decisions).
+    Status {
+        /// The vault's address (HOST:PORT).
+        #[arg(long)]
+        vault: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -361,6 +391,27 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Keys { command } => keys(command)?,
         Command::Attest { command } => attest::run(command)?,
+        Command::Provision(args) => {
+            let claims = provision::provision(&args)?;
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&claims).expect("JSON of plain values")
+            );
+            say!("provisioned: the vault holds the master key (key-check value verified)");
+        }
+        Command::Vault { command } => match command {
+            VaultCommand::Serve {
+                listen,
+                tee,
+                gramine_dir,
+            } => {
+                let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir)
+                    .map_err(|e| fail(e.to_string()))?;
+                let vault = std::sync::Arc::new(sealdb_vault::Vault::new(tee));
+                sealdb_vault::serve(&listen, vault).map_err(|e| fail(e.to_string()))?;
+            }
+            VaultCommand::Status { vault } => say!("{}", provision::status(&vault)?),
+        },
         Command::Gc { store, ratio } => {
             let db = open(&store)?;
             let mut total = sealdb::GcReport::default();

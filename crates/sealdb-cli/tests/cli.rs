@@ -511,3 +511,166 @@ fn attest_verify_sim_evidence_only_with_a_policy_that_allows_simulation() {
     let short = sealdb(&allowed);
     assert!(String::from_utf8_lossy(&short.stderr).contains("64 hex digits"));
 }
+
+/// A vault process (`sealdb vault serve --tee sim`), killed when dropped.
+struct VaultProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl VaultProcess {
+    fn start() -> VaultProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
+            .args(["vault", "serve", "--tee", "sim", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("INSECURE simulation"), "{line}");
+        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        VaultProcess { child, addr }
+    }
+}
+
+impl Drop for VaultProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A policy that allows simulation and pins the measurement of the `sealdb` binary (the
+/// binary the simulated vault runs).
+fn sim_policy(dir: &Path, measurement: &str) -> std::path::PathBuf {
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("allow_insecure_simulation = true\n[measurements]\nsim_measurement = [\"{measurement}\"]\n"),
+    )
+    .unwrap();
+    policy
+}
+
+fn own_measurement() -> String {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_sealdb")).unwrap();
+    hex::encode(sealdb_attest::sim::measure(&bin))
+}
+
+#[test]
+fn provisioning_a_simulated_vault_over_attested_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = VaultProcess::start();
+    let key = tmp.path().join("master.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let status = |addr: &str| ok(&["vault", "status", "--vault", addr]);
+    assert!(status(&vault.addr).contains("state=Unprovisioned tee=Sim"));
+
+    // A policy that pins another binary: the key is not sent.
+    let wrong = sim_policy(tmp.path(), &"00".repeat(48));
+    let args = |policy: &Path| {
+        vec![
+            "provision".to_string(),
+            "--vault".into(),
+            vault.addr.clone(),
+            "--key-file".into(),
+            p(&key).into(),
+            "--policy".into(),
+            p(policy).into(),
+        ]
+    };
+    let run = |a: &[String]| sealdb(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&args(&wrong));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused to provision: policy refuses"));
+    assert!(status(&vault.addr).contains("Unprovisioned"));
+
+    // A policy that pins nothing is refused before connecting.
+    let unpinned = tmp.path().join("unpinned.toml");
+    std::fs::write(&unpinned, "allow_insecure_simulation = true\n").unwrap();
+    let out = run(&args(&unpinned));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pins no measurement"));
+    assert!(status(&vault.addr).contains("Unprovisioned"));
+
+    // The right measurement: provisioned, and the claims are those of the evidence.
+    let right = sim_policy(tmp.path(), &own_measurement());
+    let out = run(&args(&right));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("provisioned: the vault holds the master key"));
+    assert!(stdout.contains(&own_measurement()));
+    assert!(status(&vault.addr).contains("state=Provisioned"));
+    // The same key again is a retry; another key is refused.
+    assert!(run(&args(&right)).status.success());
+    std::fs::write(&key, [8u8; 32]).unwrap();
+    let out = run(&args(&right));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already provisioned with another"));
+}
+
+/// A relay that terminates TLS with its own key and forwards the owner's challenge to the
+/// real vault cannot pass: the vault's evidence binds the relay's connection, not the
+/// owner's, so the owner refuses and never sends the key.
+#[test]
+fn a_relay_between_owner_and_vault_is_refused() {
+    use sealdb_crypto::tls::{rustls, TlsIdentity};
+    use sealdb_vault_proto::{read_message, write_message, Message};
+    let vault = VaultProcess::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = listener.local_addr().unwrap().to_string();
+    let upstream_addr = vault.addr.clone();
+    let relay = std::thread::spawn(move || {
+        let identity = TlsIdentity::generate().unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(identity.server_config()).unwrap();
+        let mut owner = rustls::StreamOwned::new(conn, tcp);
+        let up_tcp = std::net::TcpStream::connect(&upstream_addr).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("sealdb-vault").unwrap();
+        let up_conn = rustls::ClientConnection::new(
+            sealdb_crypto::tls::attested_client_config().unwrap(),
+            name,
+        )
+        .unwrap();
+        let mut up = rustls::StreamOwned::new(up_conn, up_tcp);
+        // Forward every message both ways until the owner goes away; report whether a
+        // master key ever came through.
+        let mut saw_key = false;
+        while let Ok(m) = read_message(&mut owner) {
+            saw_key |= matches!(m, Message::MasterKey(_));
+            write_message(&mut up, &m).unwrap();
+            let reply = read_message(&mut up).unwrap();
+            write_message(&mut owner, &reply).unwrap();
+        }
+        saw_key
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let policy = sim_policy(tmp.path(), &own_measurement());
+    let out = sealdb(&[
+        "provision",
+        "--vault",
+        &relay_addr,
+        "--key-file",
+        p(&key),
+        "--policy",
+        p(&policy),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("report_data does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !relay.join().unwrap(),
+        "the master key went through the relay"
+    );
+    assert!(ok(&["vault", "status", "--vault", &vault.addr]).contains("Unprovisioned"));
+}

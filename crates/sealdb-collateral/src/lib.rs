@@ -102,7 +102,9 @@ pub struct Fetched<T> {
     pub from_cache: usize,
     /// Responses fetched from the network.
     pub fetched: usize,
-    /// Things the caller may want to show: cache entries that were unreadable and replaced.
+    /// Things the caller may want to show: cache entries that were unreadable and fetched
+    /// again, fetched collateral that was not cached (it did not verify the evidence, or the
+    /// cache could not be written).
     pub warnings: Vec<String>,
 }
 
@@ -173,7 +175,10 @@ impl Fetcher {
         let base = match &self.intel {
             IntelService::Pcs(u) | IntelService::Pccs(u) => u,
         };
-        url.starts_with(base.as_str()) || url == self.root_ca_crl_url
+        let under_base = url
+            .strip_prefix(base.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+        under_base || url == self.root_ca_crl_url
     }
 
     /// Intel collateral from a PCS-compatible service at `url` other than Intel's.
@@ -278,14 +283,20 @@ impl Fetcher {
 /// Collateral is fetched over HTTPS; plain HTTP only from this machine (a local PCCS, tests).
 /// URLs with credentials are refused: they would be printed in errors and kept in the cache.
 fn check_url(url: &str) -> Result<(), FetchError> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // The URL as shown in the error: without credentials.
+    let shown = match authority.rsplit_once('@') {
+        Some((_, host)) => url.replacen(authority, &format!("…@{host}"), 1),
+        None => url.to_string(),
+    };
     let insecure = |detail: &str| FetchError::InsecureUrl {
-        url: url.to_string(),
+        url: shown.clone(),
         detail: detail.to_string(),
     };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| insecure("not an absolute URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if scheme.is_empty() {
+        return Err(insecure("not an absolute URL"));
+    }
     if authority.contains('@') {
         return Err(insecure("credentials in URLs are not accepted"));
     }

@@ -39,6 +39,9 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-sealdb-provision-v1";
 /// Domain separation of the binding hash.
 pub const BINDING_LABEL: &[u8] = b"sealdb ra-tls binding v1";
+/// The associated data of the key-check value the vault returns after provisioning
+/// (`sealdb_crypto::AeadKey::check_value`).
+pub const KEY_CHECK_AAD: &[u8] = b"sealdb-vault key-check v1";
 /// Length of the owner's nonce.
 pub const NONCE_LEN: usize = 32;
 /// Length of the TLS exporter value in the binding.

@@ -168,6 +168,14 @@ impl HostKeyProvider {
 
     /// Reads a key file: exactly 32 raw bytes, or 64 hex digits (with an optional newline).
     pub fn from_key_file(path: &Path) -> Result<Self> {
+        Ok(HostKeyProvider::new(&read_key_file(path)?))
+    }
+}
+
+/// Reads a master key file: exactly 32 raw bytes, or 64 hex digits (with an optional
+/// newline). The error names the file, never the content.
+pub fn read_key_file(path: &Path) -> Result<SecretKey> {
+    {
         let bad = |reason| Error::KeyFile {
             file: path.to_path_buf(),
             reason,
@@ -199,7 +207,7 @@ impl HostKeyProvider {
             _ => Err(bad("must hold 32 raw bytes or 64 hex digits")),
         };
         raw.zeroize();
-        Ok(HostKeyProvider::new(&result?))
+        result
     }
 }
 

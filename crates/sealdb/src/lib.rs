@@ -60,7 +60,7 @@ mod wal;
 
 pub use db::{verify_store, Db, Options, MAX_KEY_SIZE, MAX_UNITS_PER_KEY, MAX_VALUE_SIZE};
 pub use error::{Error, Result};
-pub use keys::{HostKeyProvider, KeyInfo, KeyProvider, KeyState};
+pub use keys::{read_key_file, HostKeyProvider, KeyInfo, KeyProvider, KeyState};
 pub use txn::{Iter, IterOptions, KeyValue, Txn, WriteBatch};
 
 /// A snapshot of the store's shape, for `sealdb info`.

@@ -1,0 +1,155 @@
+//! The owner's side of provisioning: attest the vault over TLS, then hand it the master key.
+//!
+//! 1. TLS 1.3 to the vault; its certificate is taken as it is
+//!    ([`sealdb_crypto::tls::attested_client_config`]).
+//! 2. A fresh 32-byte nonce; the vault answers with evidence.
+//! 3. The expected report_data is computed from this side's view of the connection
+//!    ([`sealdb_vault_proto::binding`]: the certificate's public key, the nonce, the TLS
+//!    exporter), and the evidence is checked by [`sealdb_attest::verify`], the same verifier as
+//!    `sealdb attest verify`, with the owner's policy. The policy must pin at least one
+//!    measurement.
+//! 4. Only then the master key goes out, on the same connection; the vault's key-check value
+//!    proves it arrived intact.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use sealdb_attest::{Claims, Evidence};
+use sealdb_crypto::tls::rustls;
+use sealdb_crypto::{AeadKey, SecretKey};
+use sealdb_vault_proto::{
+    binding, read_message, spki_of_certificate, write_message, Message, EXPORTER_LABEL,
+    EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
+};
+
+use crate::attest::{read_policy, unix_now, EndorsementArgs};
+use crate::{fail, Failure};
+
+/// How long the owner waits for the vault.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Args)]
+pub(crate) struct ProvisionArgs {
+    /// The vault's provisioning address (HOST:PORT).
+    #[arg(long)]
+    vault: String,
+    /// The master key file (32 raw bytes or 64 hex digits).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The owner's policy (TOML); it must pin a measurement.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Release the key under a policy that pins no measurement (any code in a genuine TEE
+    /// would get it).
+    #[arg(long)]
+    allow_unpinned: bool,
+    #[command(flatten)]
+    endorse: EndorsementArgs,
+}
+
+/// A TLS connection to a vault.
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+pub(crate) fn connect(addr: &str) -> Result<Tls, Failure> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("vault address {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| fail(format!("vault address {addr} resolves to nothing")))?;
+    let tcp = TcpStream::connect_timeout(&sock, TIMEOUT)
+        .map_err(|e| fail(format!("connecting to the vault at {addr}: {e}")))?;
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .and_then(|_| tcp.set_write_timeout(Some(TIMEOUT)))
+        .map_err(|e| fail(format!("vault connection: {e}")))?;
+    let config = sealdb_crypto::tls::attested_client_config().map_err(|e| fail(e.to_string()))?;
+    let name =
+        rustls::pki_types::ServerName::try_from("sealdb-vault").map_err(|e| fail(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+fn wire(e: sealdb_vault_proto::ProtoError) -> Failure {
+    fail(format!("vault connection: {e}"))
+}
+
+fn refused(what: &str, m: Message) -> Failure {
+    match m {
+        Message::Error { message } => fail(format!("the vault refused {what}: {message}")),
+        other => fail(format!(
+            "expected the vault's answer to {what}, got {}",
+            other.name()
+        )),
+    }
+}
+
+/// Attests the vault and provisions it; returns the claims the key was released on.
+pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
+    let policy = read_policy(Some(&args.policy))?;
+    if policy.measurements.is_empty() && !args.allow_unpinned {
+        return Err(fail(format!(
+            "the policy {} pins no measurement, so any code in a genuine TEE would get the \
+             key; add a [measurements] entry or pass --allow-unpinned",
+            args.policy.display()
+        )));
+    }
+    let key = sealdb::read_key_file(&args.key_file)?;
+    let mut tls = connect(&args.vault)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    sealdb_crypto::fill_random(&mut nonce).map_err(|e| fail(e.to_string()))?;
+    write_message(&mut tls, &Message::Challenge { nonce }).map_err(wire)?;
+    let (format, evidence) = match read_message(&mut tls).map_err(wire)? {
+        Message::Evidence { format, evidence } => (format, evidence),
+        other => return Err(refused("the challenge", other)),
+    };
+    // This side's view of the connection: the key the server proved it holds in the
+    // handshake, and the exporter value of this session.
+    let cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| fail("the vault presented no TLS certificate"))?;
+    let spki = spki_of_certificate(cert).map_err(wire)?;
+    let mut exporter = [0u8; EXPORTER_LEN];
+    tls.conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+        .map_err(|e| fail(format!("TLS exporter: {e}")))?;
+    let expected = binding(&spki, &nonce, &exporter);
+    let endorsements = args.endorse.endorsements(format, &evidence)?;
+    let claims = sealdb_attest::verify(
+        &Evidence {
+            format,
+            bytes: &evidence,
+        },
+        &endorsements,
+        &policy,
+        Some(&expected),
+        unix_now(),
+    )
+    .map_err(|reason| Failure(format!("refused to provision: {reason}"), 1))?;
+    send_key(&mut tls, key)?;
+    Ok(claims)
+}
+
+/// Sends the master key and checks the vault's key-check value.
+fn send_key(tls: &mut Tls, key: SecretKey) -> Result<(), Failure> {
+    let check = AeadKey::new(&key);
+    write_message(tls, &Message::MasterKey(key)).map_err(wire)?;
+    match read_message(tls).map_err(wire)? {
+        Message::KeyCheck { kcv } => check
+            .verify_check_value(KEY_CHECK_AAD, &kcv)
+            .map_err(|_| fail("the vault's key-check value does not match the master key")),
+        other => Err(refused("the master key", other)),
+    }
+}
+
+/// The vault's state, as it reports it (not attested).
+pub(crate) fn status(addr: &str) -> Result<String, Failure> {
+    let mut tls = connect(addr)?;
+    write_message(&mut tls, &Message::StatusRequest).map_err(wire)?;
+    match read_message(&mut tls).map_err(wire)? {
+        Message::Status { state, tee } => Ok(format!("state={state:?} tee={tee:?}")),
+        other => Err(refused("the status request", other)),
+    }
+}

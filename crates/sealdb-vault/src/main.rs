@@ -1,0 +1,41 @@
+//! `sealdb-vault`: the vault process. `sealdb-vault --listen ADDR --tee sim|gramine`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use sealdb_vault::Vault;
+
+const USAGE: &str = "usage: sealdb-vault --listen ADDR --tee sim|gramine [--gramine-dir DIR]";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealdb-vault: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut listen = None;
+    let mut tee = None;
+    let mut gramine_dir = "/dev/attestation".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--listen" => listen = Some(value()?),
+            "--tee" => tee = Some(value()?),
+            "--gramine-dir" => gramine_dir = value()?,
+            _ => return Err(format!("unknown argument {a}\n{USAGE}")),
+        }
+    }
+    let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
+    let tee = tee.ok_or_else(|| format!("--tee is required\n{USAGE}"))?;
+    let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir).map_err(|e| e.to_string())?;
+    sealdb_vault::serve(&listen, Arc::new(Vault::new(tee))).map_err(|e| e.to_string())
+}

@@ -1,0 +1,147 @@
+//! The vault's state machine and wire behaviour, in-process over real TLS sockets.
+
+use std::sync::Arc;
+
+use sealdb_crypto::tls::rustls;
+use sealdb_crypto::SecretKey;
+use sealdb_vault::{GramineSgx, Server, Simulated, Tee, Vault};
+use sealdb_vault_proto::{read_message, write_message, Message, VaultState};
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn start(tee: Box<dyn Tee>) -> (String, Arc<Vault>) {
+    let vault = Arc::new(Vault::new(tee));
+    let server = Server::bind("127.0.0.1:0", vault.clone()).unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    std::thread::spawn(move || server.run());
+    (addr, vault)
+}
+
+fn connect(addr: &str) -> Tls {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("sealdb-vault").unwrap();
+    let conn =
+        rustls::ClientConnection::new(sealdb_crypto::tls::attested_client_config().unwrap(), name)
+            .unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+fn ask(tls: &mut Tls, m: &Message) -> Message {
+    write_message(tls, m).unwrap();
+    read_message(tls).unwrap()
+}
+
+fn key(b: u8) -> SecretKey {
+    SecretKey::from_slice(&[b; 32]).unwrap()
+}
+
+#[test]
+fn a_key_is_taken_only_after_evidence_on_the_same_connection() {
+    let (addr, vault) = start(Box::new(Simulated::new().unwrap()));
+    let mut c = connect(&addr);
+    let r = ask(&mut c, &Message::MasterKey(key(1)));
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("before evidence")),
+        "{r:?}"
+    );
+    assert!(!vault.is_provisioned());
+    // Evidence on another connection does not count for this one.
+    let mut other = connect(&addr);
+    assert!(matches!(
+        ask(&mut other, &Message::Challenge { nonce: [1; 32] }),
+        Message::Evidence { .. }
+    ));
+    assert!(matches!(
+        ask(&mut c, &Message::MasterKey(key(1))),
+        Message::Error { .. }
+    ));
+    // After a challenge on this connection the key is taken.
+    assert!(matches!(
+        ask(&mut c, &Message::Challenge { nonce: [2; 32] }),
+        Message::Evidence { .. }
+    ));
+    let r = ask(&mut c, &Message::MasterKey(key(1)));
+    let Message::KeyCheck { kcv } = r else {
+        panic!("{r:?}")
+    };
+    sealdb_crypto::AeadKey::new(&key(1))
+        .verify_check_value(sealdb_vault_proto::KEY_CHECK_AAD, &kcv)
+        .unwrap();
+    assert!(vault.is_provisioned());
+    let r = ask(&mut other, &Message::StatusRequest);
+    assert!(
+        matches!(
+            r,
+            Message::Status {
+                state: VaultState::Provisioned,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn owner_messages_out_of_place_and_garbage_are_answered_with_errors() {
+    let (addr, vault) = start(Box::new(Simulated::new().unwrap()));
+    let mut c = connect(&addr);
+    let r = ask(&mut c, &Message::KeyCheck { kcv: vec![1] });
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("unexpected KeyCheck")),
+        "{r:?}"
+    );
+    // A frame of another version: an error naming it, then the connection closes.
+    use std::io::Write;
+    c.write_all(&[0, 0, 0, 2, 9, 1]).unwrap();
+    c.flush().unwrap();
+    let r = read_message(&mut c).unwrap();
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("version 9")),
+        "{r:?}"
+    );
+    assert!(read_message(&mut c).is_err());
+    assert!(!vault.is_provisioned());
+    // The vault still serves others.
+    let mut d = connect(&addr);
+    assert!(matches!(
+        ask(&mut d, &Message::StatusRequest),
+        Message::Status { .. }
+    ));
+}
+
+#[test]
+fn provisioning_is_idempotent_for_the_same_key_only() {
+    let vault = Vault::new(Box::new(Simulated::new().unwrap()));
+    let a = vault.provision(key(3)).unwrap();
+    let b = vault.provision(key(3)).unwrap();
+    assert_ne!(a, b, "key-check values use fresh nonces");
+    assert!(matches!(
+        vault.provision(key(4)),
+        Err(sealdb_vault::VaultError::AlreadyProvisioned)
+    ));
+    assert!(!format!("{vault:?}").contains("0303"));
+}
+
+/// Gramine's attestation pseudo-files, faked by a directory: the report data written, the
+/// quote read back.
+#[test]
+fn gramine_evidence_comes_from_its_attestation_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let quote = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/testvectors/dcap/sgx_quote"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("quote"), &quote).unwrap();
+    let tee = GramineSgx::new(dir.path());
+    assert_eq!(tee.evidence(&[5; 64]).unwrap(), quote);
+    assert_eq!(
+        std::fs::read(dir.path().join("user_report_data")).unwrap(),
+        [5; 64]
+    );
+    assert_eq!(tee.format(), sealdb_attest::Format::Sgx);
+    assert!(!tee.is_simulated());
+    let missing = GramineSgx::new(dir.path().join("absent"));
+    let e = missing.evidence(&[0; 64]).unwrap_err().to_string();
+    assert!(e.contains("user_report_data"), "{e}");
+}
