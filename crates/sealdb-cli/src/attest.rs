@@ -52,7 +52,7 @@ pub(crate) enum AttestCommand {
 }
 
 /// What vouches for the evidence: files, or fetched collateral.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub(crate) struct EndorsementArgs {
     /// Collateral (DCAP: the JSON collateral).
     #[arg(long)]
@@ -153,6 +153,22 @@ pub(crate) struct FetchArgs {
     /// Reuse a cached response for at most this many seconds (if it does not expire first).
     #[arg(long, default_value_t = sealdb_collateral::DEFAULT_MAX_AGE_SECS)]
     max_age: u64,
+}
+
+impl Default for FetchArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        FetchArgs {
+            pccs_url: None,
+            pccs_ca: None,
+            kds_url: sealdb_collateral::AMD_KDS_URL.into(),
+            product: None,
+            cache_dir: None,
+            no_cache: false,
+            offline: false,
+            max_age: sealdb_collateral::DEFAULT_MAX_AGE_SECS,
+        }
+    }
 }
 
 impl FetchArgs {

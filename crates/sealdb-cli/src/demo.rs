@@ -1,8 +1,58 @@
-//! `sealdb demo`: the encrypted store end to end, in a temporary directory.
+//! `sealdb demo`: a vault in the simulated TEE, attested provisioning, and the encrypted store
+//! using it, end to end in a temporary directory.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use sealdb::{Db, IterOptions, Options};
+use sealdb_vault_client::VaultKeyProvider;
 
 use crate::{fail, Failure};
+
+/// The vault child process; stopped when dropped.
+struct VaultChild(Child);
+
+impl Drop for VaultChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sealdb vault serve --tee sim` as a separate process; returns it and its address.
+fn start_vault(socket: &Path) -> Result<(VaultChild, String), Failure> {
+    let exe = std::env::current_exe().map_err(|e| fail(format!("finding sealdb: {e}")))?;
+    let mut child = Command::new(&exe)
+        .args([
+            "vault",
+            "serve",
+            "--tee",
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+        ])
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("starting the vault: {e}")))?;
+    let stdout = child.stdout.take();
+    let child = VaultChild(child);
+    let mut line = String::new();
+    if let Some(out) = stdout {
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| fail(format!("reading the vault's address: {e}")))?;
+    }
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .ok_or_else(|| fail(format!("the vault did not start: {line:?}")))?
+        .to_string();
+    Ok((child, addr))
+}
 
 pub(crate) fn run() -> Result<(), Failure> {
     let tmp = tempfile::tempdir()
@@ -10,17 +60,58 @@ pub(crate) fn run() -> Result<(), Failure> {
     let dir = tmp.path().join("store");
     let key_file = tmp.path().join("master.key");
     let wrong_key = tmp.path().join("wrong.key");
+    let socket = tmp.path().join("vault.sock");
     crate::keygen(&key_file)?;
     crate::keygen(&wrong_key)?;
     say!(
-        "1. master key written to {} (mode 0600)",
+        "1. the owner's master key written to {} (mode 0600)",
         key_file.display()
     );
 
-    let opts = Options::default().with_key_file(&key_file)?;
-    let db = Db::open(&dir, opts.clone())?;
+    let (vault, addr) = start_vault(&socket)?;
     say!(
-        "2. created an encrypted store (AES-256-GCM) in {}",
+        "2. started a vault in the simulated TEE (INSECURE, for development): TLS on {addr}, \
+         engine socket {}",
+        socket.display()
+    );
+    say!("   vault status: {}", crate::provision::status(&addr)?);
+
+    // The owner pins the vault's measurement: in the simulation, the SHA-384 of this binary.
+    let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
+    let binary = std::fs::read(&exe).map_err(|e| fail(format!("{}: {e}", exe.display())))?;
+    let measurement = hex::encode(sealdb_attest::sim::measure(&binary));
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "allow_insecure_simulation = true\n[measurements]\nsim_measurement = [\"{measurement}\"]\n"
+        ),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let claims = crate::provision::provision(&crate::provision::ProvisionArgs::new(
+        &addr,
+        key_file.clone(),
+        policy,
+    ))?;
+    say!(
+        "3. attested provisioning: evidence {:?}, measurement {}…, report_data bound to this \
+         TLS session; key sent, key-check value verified",
+        claims.format,
+        &measurement[..16]
+    );
+    say!("   vault status: {}", crate::provision::status(&addr)?);
+
+    let vault_opts = || -> Result<Options, Failure> {
+        let provider = VaultKeyProvider::connect(&socket)?;
+        Ok(Options {
+            key_provider: Some(Arc::new(provider)),
+            ..Options::default()
+        })
+    };
+    let db = Db::open(&dir, vault_opts()?)?;
+    say!(
+        "4. created an encrypted store (AES-256-GCM) in {}; its data keys are wrapped by the \
+         vault, the master key never enters this process",
         dir.display()
     );
 
@@ -37,13 +128,13 @@ pub(crate) fn run() -> Result<(), Failure> {
         )?;
     }
     batch.commit()?;
-    say!("3. wrote 3 keys in a transaction and 10000 keys in a write batch");
+    say!("5. wrote 3 keys in a transaction and 10000 keys in a write batch");
 
     let v = db
         .get(b"user/1/name")?
         .ok_or_else(|| fail("user/1/name missing"))?;
-    say!("4. read user/1/name = {}", String::from_utf8_lossy(&v));
-    say_inline!("5. scan prefix user/:");
+    say!("6. read user/1/name = {}", String::from_utf8_lossy(&v));
+    say_inline!("   scan prefix user/:");
     for kv in db.iter(IterOptions::prefix(b"user/"))? {
         let kv = kv?;
         say_inline!(
@@ -53,45 +144,59 @@ pub(crate) fn run() -> Result<(), Failure> {
         );
     }
     say!();
+    let new_key = db.rotate_data_key()?;
+    db.update(|txn| txn.set(b"user/3/name", b"Katherine Johnson"))?;
+    let status = db.encryption_status()?;
+    say!(
+        "7. rotated the data key (new key {new_key}, wrapped by the vault); keys: {}",
+        status
+            .keys
+            .iter()
+            .map(|k| format!("{}={:?}", k.id, k.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     db.close()?;
-    say!("6. closed the store (memtable flushed to an encrypted table)");
+    say!("8. closed the store (memtable flushed to an encrypted table)");
 
     let marker = b"Grace Hopper";
-    let mut plaintext_found = false;
     for entry in std::fs::read_dir(&dir).map_err(|e| fail(e.to_string()))? {
         let path = entry.map_err(|e| fail(e.to_string()))?.path();
         let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
         if bytes.windows(marker.len()).any(|w| w == marker) {
-            plaintext_found = true;
-            say!("   plaintext found in {}!", path.display());
+            return Err(fail(format!("plaintext found in {}", path.display())));
         }
     }
-    if plaintext_found {
-        return Err(fail("plaintext found on disk"));
-    }
-    say!("7. searched every file in the store for \"Grace Hopper\": not found on disk");
+    say!("9. searched every file in the store for \"Grace Hopper\": not found on disk");
 
     match Db::open(&dir, Options::default().with_key_file(&wrong_key)?) {
-        Err(e) => say!("8. opening with a wrong key is refused: {e}"),
+        Err(e) => say!("10. opening with a wrong master key is refused: {e}"),
         Ok(_) => return Err(fail("the wrong key was accepted")),
     }
 
-    let report = sealdb::verify_store(&dir, &opts)?;
+    let report = sealdb::verify_store(&dir, &vault_opts()?)?;
     say!(
-        "9. verify: {} tables, {} entries, {} WAL records authenticated",
+        "11. verify through the vault: {} tables, {} entries, {} WAL records authenticated",
         report.tables,
         report.entries,
         report.wal_records
     );
 
-    let db = Db::open(&dir, opts)?;
+    let db = Db::open(&dir, vault_opts()?)?;
     let n = db.iter(IterOptions::prefix(b"log/"))?.count();
     say!(
-        "10. reopened with the right key: {n} log entries, motto = {}",
+        "12. reopened through the vault: {n} log entries, motto = {}",
         String::from_utf8_lossy(&db.get(b"config/motto")?.unwrap_or_default())
     );
     say!("\nstore info:");
     crate::print_info(&db.info()?, false);
     db.close()?;
+
+    drop(vault);
+    let without_vault = vault_opts().and_then(|o| Ok(Db::open(&dir, o)?));
+    match without_vault {
+        Err(Failure(e, _)) => say!("\n13. vault stopped: the store cannot be opened ({e})"),
+        Ok(_) => return Err(fail("the store opened without its vault")),
+    }
     Ok(())
 }

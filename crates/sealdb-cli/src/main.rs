@@ -45,9 +45,13 @@ struct StoreArgs {
     /// The store directory.
     #[arg(long)]
     dir: PathBuf,
-    /// Master key file (32 raw bytes or 64 hex digits) of an encrypted store.
-    #[arg(long)]
+    /// Master key file (32 raw bytes or 64 hex digits) of an encrypted store (key mode
+    /// `host`).
+    #[arg(long, conflicts_with = "vault_socket")]
     key_file: Option<PathBuf>,
+    /// The vault's engine socket (key mode `vault`: the master key stays in the vault).
+    #[arg(long)]
+    vault_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +189,9 @@ enum VaultCommand {
         /// Gramine's attestation directory.
         #[arg(long, default_value = "/dev/attestation")]
         gramine_dir: String,
+        /// The engine's local socket (owner-only), for stores opened with --vault-socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Ask a vault for its state (not attested: for operators, not for trust decisions).
     Status {
@@ -260,6 +267,10 @@ fn options(store: &StoreArgs, create: bool) -> Result<Options, Failure> {
     };
     if let Some(k) = &store.key_file {
         opts = opts.with_key_file(k)?;
+    }
+    if let Some(sock) = &store.vault_socket {
+        let provider = sealdb_vault_client::VaultKeyProvider::connect(sock)?;
+        opts.key_provider = Some(std::sync::Arc::new(provider));
     }
     Ok(opts)
 }
@@ -404,11 +415,13 @@ fn run(cmd: Command) -> Result<(), Failure> {
                 listen,
                 tee,
                 gramine_dir,
+                socket,
             } => {
                 let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir)
                     .map_err(|e| fail(e.to_string()))?;
                 let vault = std::sync::Arc::new(sealdb_vault::Vault::new(tee));
-                sealdb_vault::serve(&listen, vault).map_err(|e| fail(e.to_string()))?;
+                sealdb_vault::serve(&listen, socket.as_deref(), vault)
+                    .map_err(|e| fail(e.to_string()))?;
             }
             VaultCommand::Status { vault } => say!("{}", provision::status(&vault)?),
         },

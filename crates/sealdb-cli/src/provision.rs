@@ -49,6 +49,20 @@ pub(crate) struct ProvisionArgs {
     endorse: EndorsementArgs,
 }
 
+impl ProvisionArgs {
+    /// Provisioning `vault` with the key in `key_file` under `policy`, endorsements from
+    /// the evidence alone (as for `sim`).
+    pub(crate) fn new(vault: &str, key_file: PathBuf, policy: PathBuf) -> Self {
+        ProvisionArgs {
+            vault: vault.to_string(),
+            key_file,
+            policy,
+            allow_unpinned: false,
+            endorse: EndorsementArgs::default(),
+        }
+    }
+}
+
 /// A TLS connection to a vault.
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 

@@ -154,8 +154,13 @@ fn bench_prints_one_line_in_the_peers_format() {
 #[test]
 fn demo_runs() {
     let out = ok(&["demo"]);
+    assert!(out.contains("vault status: state=Unprovisioned tee=Sim"));
+    assert!(out.contains("key-check value verified"));
+    assert!(out.contains("vault status: state=Provisioned tee=Sim"));
     assert!(out.contains("not found on disk"));
-    assert!(out.contains("wrong key is refused"));
+    assert!(out.contains("wrong master key is refused"));
+    assert!(out.contains("reopened through the vault: 10000 log entries"));
+    assert!(out.contains("vault stopped: the store cannot be opened"));
 }
 
 #[test]
@@ -673,4 +678,82 @@ fn a_relay_between_owner_and_vault_is_refused() {
         "the master key went through the relay"
     );
     assert!(ok(&["vault", "status", "--vault", &vault.addr]).contains("Unprovisioned"));
+}
+
+#[test]
+fn a_store_in_vault_key_mode_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("vault.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
+        .args([
+            "vault",
+            "serve",
+            "--tee",
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let vault = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("engine socket"), "{line}");
+        VaultProcess {
+            addr: line.split_whitespace().nth(3).unwrap().to_string(),
+            child,
+        }
+    };
+    let dir = tmp.path().join("store");
+    let store = ["--dir", p(&dir), "--vault-socket", p(&socket)];
+    let with = |cmd: &[&'static str]| -> Vec<String> {
+        cmd.iter()
+            .chain(store.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let sealdb = |a: Vec<String>| sealdb(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let ok = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    // Before provisioning the vault refuses, and no store is created.
+    let out = sealdb(with(&["init"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not provisioned"));
+    assert!(!dir.join("KEYREGISTRY").exists());
+    let key = tmp.path().join("master.key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let policy = sim_policy(tmp.path(), &own_measurement());
+    let provision = [
+        "provision",
+        "--vault",
+        &vault.addr,
+        "--key-file",
+        p(&key),
+        "--policy",
+    ];
+    ok([&provision[..], &[p(&policy)]]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect());
+    ok(with(&["init"]));
+    ok(with(&["put", "k", "v"]));
+    ok(with(&["keys", "rotate"]));
+    ok(with(&["put", "k2", "v2"]));
+    assert_eq!(ok(with(&["get", "k"])).trim(), "v");
+    // The vault and host mode share the master-key format: the owner's key file opens it.
+    let host = ["get", "k2", "--dir", p(&dir), "--key-file", p(&key)];
+    assert_eq!(
+        ok(host.iter().map(|s| s.to_string()).collect()).trim(),
+        "v2"
+    );
+    drop(vault);
+    let out = sealdb(with(&["get", "k"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key provider: vault at"));
 }

@@ -221,6 +221,68 @@ impl AeadKey {
     }
 }
 
+/// The operations of a master key: key-check values, wrapping data keys, authenticating the
+/// key registry. The same code runs in the engine (`host` key mode) and in the vault, so both
+/// produce and accept exactly the same bytes.
+pub struct MasterKey {
+    aead: AeadKey,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(REDACTED)")
+    }
+}
+
+impl MasterKey {
+    /// Uses `key` as the master key.
+    pub fn new(key: &SecretKey) -> Self {
+        MasterKey {
+            aead: AeadKey::new(key),
+        }
+    }
+
+    /// A key-check value over `aad`.
+    pub fn check_value(&self, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.aead.check_value(aad)
+    }
+
+    /// Whether `kcv` was made by this master key over `aad`.
+    pub fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> bool {
+        self.aead.verify_check_value(aad, kcv).is_ok()
+    }
+
+    /// A fresh data key and its wrapped form under `aad`.
+    pub fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>), CryptoError> {
+        let key = SecretKey::generate()?;
+        let wrapped = self.aead.wrap_key(aad, &key)?;
+        Ok((key, wrapped))
+    }
+
+    /// Wraps `key` under `aad`.
+    pub fn wrap(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
+        self.aead.wrap_key(aad, key)
+    }
+
+    /// Unwraps a wrapped key; `None` if it does not authenticate under `aad`.
+    pub fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Option<SecretKey> {
+        self.aead.unwrap_key(aad, wrapped).ok()
+    }
+
+    /// A tag over `data` (sealed unit of empty plaintext with `data` as associated data).
+    pub fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut tag = Vec::with_capacity(SEAL_OVERHEAD);
+        self.aead.seal(data, &[], &mut tag)?;
+        Ok(tag)
+    }
+
+    /// Whether `tag` authenticates `data`.
+    pub fn verify_tag(&self, data: &[u8], tag: &[u8]) -> bool {
+        let mut t = tag.to_vec();
+        self.aead.open_in_place(data, &mut t).is_ok()
+    }
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);

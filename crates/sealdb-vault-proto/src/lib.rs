@@ -12,7 +12,21 @@
 //! | 4 | [`Message::KeyCheck`] | vault → owner | key-check value (at most 256 bytes) |
 //! | 5 | [`Message::StatusRequest`] | owner → vault | empty |
 //! | 6 | [`Message::Status`] | vault → owner | state (u8: 0 unprovisioned, 1 provisioned) ‖ format code of its TEE |
-//! | 7 | [`Message::Error`] | vault → owner | UTF-8 text (at most 4096 bytes) |
+//! | 7 | [`Message::Error`] | vault → owner or engine | UTF-8 text (at most 4096 bytes) |
+//!
+//! The engine's requests, on the vault's local socket (`a ‖ b` is `len(a) (u32 BE) ‖ a ‖ b`):
+//!
+//! | type | request | reply |
+//! |---|---|---|
+//! | 16 | [`Message::MakeCheckValue`]: aad | 32 [`Message::Bytes`]: the key-check value |
+//! | 17 | [`Message::VerifyCheckValue`]: aad ‖ kcv | 33 [`Message::Verdict`]: 0 or 1 |
+//! | 18 | [`Message::NewDataKey`]: aad | 34 [`Message::DataKey`]: key (32) ‖ wrapped |
+//! | 19 | [`Message::UnwrapDataKey`]: aad ‖ wrapped | 35 [`Message::Unwrapped`]: empty, or the key (32) |
+//! | 20 | [`Message::WrapDataKey`]: aad ‖ key (32) | 32 [`Message::Bytes`]: the wrapped key |
+//! | 21 | [`Message::Authenticate`]: data | 32 [`Message::Bytes`]: the tag |
+//! | 22 | [`Message::VerifyTag`]: data ‖ tag | 33 [`Message::Verdict`] |
+//!
+//! A vault that cannot serve a request (not provisioned) answers [`Message::Error`].
 //!
 //! The exchange ([`binding`]): after the TLS 1.3 handshake the owner sends a fresh nonce;
 //! the vault answers with evidence whose 64-byte report_data is
@@ -155,6 +169,71 @@ pub enum Message {
         /// Why (no secrets).
         message: String,
     },
+    /// Engine: a key-check value of the master key over `aad`.
+    MakeCheckValue {
+        /// Associated data.
+        aad: Vec<u8>,
+    },
+    /// Engine: does `kcv` check against the master key?
+    VerifyCheckValue {
+        /// Associated data.
+        aad: Vec<u8>,
+        /// The key-check value.
+        kcv: Vec<u8>,
+    },
+    /// Engine: a new data key and its wrapped form.
+    NewDataKey {
+        /// Associated data of the wrapping.
+        aad: Vec<u8>,
+    },
+    /// Engine: unwrap a data key.
+    UnwrapDataKey {
+        /// Associated data of the wrapping.
+        aad: Vec<u8>,
+        /// The wrapped key.
+        wrapped: Vec<u8>,
+    },
+    /// Engine: wrap an existing data key under the master key.
+    WrapDataKey {
+        /// Associated data of the wrapping.
+        aad: Vec<u8>,
+        /// The data key.
+        key: SecretKey,
+    },
+    /// Engine: a tag over `data` under the master key.
+    Authenticate {
+        /// The data.
+        data: Vec<u8>,
+    },
+    /// Engine: does `tag` authenticate `data`?
+    VerifyTag {
+        /// The data.
+        data: Vec<u8>,
+        /// The tag.
+        tag: Vec<u8>,
+    },
+    /// Vault: bytes (a key-check value, wrapped key or tag).
+    Bytes {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Vault: the answer to a check.
+    Verdict {
+        /// It authenticates.
+        ok: bool,
+    },
+    /// Vault: a new data key.
+    DataKey {
+        /// The key.
+        key: SecretKey,
+        /// Its wrapped form.
+        wrapped: Vec<u8>,
+    },
+    /// Vault: an unwrapped key, or `None` if the wrapped key did not authenticate.
+    Unwrapped {
+        /// The key.
+        key: Option<SecretKey>,
+    },
 }
 
 impl Message {
@@ -168,6 +247,17 @@ impl Message {
             Message::StatusRequest => "StatusRequest",
             Message::Status { .. } => "Status",
             Message::Error { .. } => "Error",
+            Message::MakeCheckValue { .. } => "MakeCheckValue",
+            Message::VerifyCheckValue { .. } => "VerifyCheckValue",
+            Message::NewDataKey { .. } => "NewDataKey",
+            Message::UnwrapDataKey { .. } => "UnwrapDataKey",
+            Message::WrapDataKey { .. } => "WrapDataKey",
+            Message::Authenticate { .. } => "Authenticate",
+            Message::VerifyTag { .. } => "VerifyTag",
+            Message::Bytes { .. } => "Bytes",
+            Message::Verdict { .. } => "Verdict",
+            Message::DataKey { .. } => "DataKey",
+            Message::Unwrapped { .. } => "Unwrapped",
         }
     }
 }
@@ -239,10 +329,87 @@ pub fn encode(msg: &Message) -> Zeroizing<Vec<u8>> {
             }
             body.extend_from_slice(&message.as_bytes()[..end]);
         }
+        Message::MakeCheckValue { aad } => {
+            body.push(16);
+            body.extend_from_slice(aad);
+        }
+        Message::VerifyCheckValue { aad, kcv } => {
+            body.push(17);
+            pair(&mut body, aad, kcv);
+        }
+        Message::NewDataKey { aad } => {
+            body.push(18);
+            body.extend_from_slice(aad);
+        }
+        Message::UnwrapDataKey { aad, wrapped } => {
+            body.push(19);
+            pair(&mut body, aad, wrapped);
+        }
+        Message::WrapDataKey { aad, key } => {
+            body.push(20);
+            pair(&mut body, aad, key.danger_export());
+        }
+        Message::Authenticate { data } => {
+            body.push(21);
+            body.extend_from_slice(data);
+        }
+        Message::VerifyTag { data, tag } => {
+            body.push(22);
+            pair(&mut body, data, tag);
+        }
+        Message::Bytes { data } => {
+            body.push(32);
+            body.extend_from_slice(data);
+        }
+        Message::Verdict { ok } => {
+            body.push(33);
+            body.push(u8::from(*ok));
+        }
+        Message::DataKey { key, wrapped } => {
+            body.push(34);
+            body.extend_from_slice(key.danger_export());
+            body.extend_from_slice(wrapped);
+        }
+        Message::Unwrapped { key } => {
+            body.push(35);
+            if let Some(k) = key {
+                body.extend_from_slice(k.danger_export());
+            }
+        }
     }
     let len = u32::try_from(body.len() - 4).unwrap_or(u32::MAX);
     body[..4].copy_from_slice(&len.to_be_bytes());
     body
+}
+
+/// Appends `len(a) (u32 BE) ‖ a ‖ b`.
+fn pair(body: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    body.extend_from_slice(&u32::try_from(a.len()).unwrap_or(u32::MAX).to_be_bytes());
+    body.extend_from_slice(a);
+    body.extend_from_slice(b);
+}
+
+/// Splits `len(a) (u32 BE) ‖ a ‖ b`.
+fn split_pair<'a>(what: &'static str, p: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ProtoError> {
+    let bad = || ProtoError::PayloadLength {
+        what,
+        expected: "a length-prefixed first field",
+        got: p.len(),
+    };
+    let (len, rest) = p.split_first_chunk::<4>().ok_or_else(bad)?;
+    let n = u32::from_be_bytes(*len) as usize;
+    if n > rest.len() {
+        return Err(bad());
+    }
+    Ok(rest.split_at(n))
+}
+
+fn key_of(what: &'static str, b: &[u8]) -> Result<SecretKey, ProtoError> {
+    SecretKey::from_slice(b).map_err(|_| ProtoError::PayloadLength {
+        what,
+        expected: "a 32-byte key",
+        got: b.len(),
+    })
 }
 
 /// Decodes a frame body (after the length): version, type, payload. Never panics.
@@ -340,6 +507,77 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtoError> {
                 message: String::from_utf8(payload.to_vec()).map_err(|_| ProtoError::Utf8)?,
             }
         }
+        16 => Message::MakeCheckValue {
+            aad: payload.to_vec(),
+        },
+        17 => {
+            let (aad, kcv) = split_pair("VerifyCheckValue", payload)?;
+            Message::VerifyCheckValue {
+                aad: aad.to_vec(),
+                kcv: kcv.to_vec(),
+            }
+        }
+        18 => Message::NewDataKey {
+            aad: payload.to_vec(),
+        },
+        19 => {
+            let (aad, wrapped) = split_pair("UnwrapDataKey", payload)?;
+            Message::UnwrapDataKey {
+                aad: aad.to_vec(),
+                wrapped: wrapped.to_vec(),
+            }
+        }
+        20 => {
+            let (aad, key) = split_pair("WrapDataKey", payload)?;
+            Message::WrapDataKey {
+                aad: aad.to_vec(),
+                key: key_of("WrapDataKey", key)?,
+            }
+        }
+        21 => Message::Authenticate {
+            data: payload.to_vec(),
+        },
+        22 => {
+            let (data, tag) = split_pair("VerifyTag", payload)?;
+            Message::VerifyTag {
+                data: data.to_vec(),
+                tag: tag.to_vec(),
+            }
+        }
+        32 => Message::Bytes {
+            data: payload.to_vec(),
+        },
+        33 => match payload {
+            [0] => Message::Verdict { ok: false },
+            [1] => Message::Verdict { ok: true },
+            _ => {
+                return Err(ProtoError::PayloadLength {
+                    what: "Verdict",
+                    expected: "1 byte, 0 or 1",
+                    got: payload.len(),
+                })
+            }
+        },
+        34 => {
+            if payload.len() < sealdb_crypto::KEY_LEN {
+                return Err(ProtoError::PayloadLength {
+                    what: "DataKey",
+                    expected: "at least 32",
+                    got: payload.len(),
+                });
+            }
+            let (key, wrapped) = payload.split_at(sealdb_crypto::KEY_LEN);
+            Message::DataKey {
+                key: key_of("DataKey", key)?,
+                wrapped: wrapped.to_vec(),
+            }
+        }
+        35 => Message::Unwrapped {
+            key: match payload.len() {
+                0 => None,
+                _ => Some(key_of("Unwrapped", payload)?),
+            },
+        },
         code => return Err(ProtoError::UnknownType { code: *code }),
     })
 }
@@ -447,6 +685,68 @@ mod tests {
             message: "é".repeat(3000),
         });
         assert!(matches!(m, Message::Error { ref message } if message.len() <= MAX_ERROR));
+    }
+
+    #[test]
+    fn engine_messages_round_trip() {
+        let m = round_trip(&Message::VerifyCheckValue {
+            aad: b"aad".to_vec(),
+            kcv: vec![1, 2],
+        });
+        assert!(
+            matches!(m, Message::VerifyCheckValue { ref aad, ref kcv } if aad == b"aad" && kcv == &[1, 2])
+        );
+        let m = round_trip(&Message::UnwrapDataKey {
+            aad: Vec::new(),
+            wrapped: vec![3; 60],
+        });
+        assert!(
+            matches!(m, Message::UnwrapDataKey { ref aad, ref wrapped } if aad.is_empty() && wrapped == &[3; 60])
+        );
+        let Message::WrapDataKey { aad, key } = round_trip(&Message::WrapDataKey {
+            aad: b"x".to_vec(),
+            key: SecretKey::from_slice(&[4; 32]).unwrap(),
+        }) else {
+            panic!()
+        };
+        assert_eq!(aad, b"x");
+        assert!(key.ct_eq(&SecretKey::from_slice(&[4; 32]).unwrap()));
+        let Message::DataKey { key, wrapped } = round_trip(&Message::DataKey {
+            key: SecretKey::from_slice(&[5; 32]).unwrap(),
+            wrapped: vec![6; 60],
+        }) else {
+            panic!()
+        };
+        assert!(key.ct_eq(&SecretKey::from_slice(&[5; 32]).unwrap()));
+        assert_eq!(wrapped, vec![6; 60]);
+        assert!(matches!(
+            round_trip(&Message::Unwrapped { key: None }),
+            Message::Unwrapped { key: None }
+        ));
+        assert!(matches!(
+            round_trip(&Message::Verdict { ok: true }),
+            Message::Verdict { ok: true }
+        ));
+        let m = round_trip(&Message::VerifyTag {
+            data: b"body".to_vec(),
+            tag: vec![7; 28],
+        });
+        assert!(
+            matches!(m, Message::VerifyTag { ref data, ref tag } if data == b"body" && tag == &[7; 28])
+        );
+        for m in [
+            Message::MakeCheckValue { aad: vec![1] },
+            Message::NewDataKey { aad: vec![2] },
+            Message::Authenticate { data: vec![3] },
+            Message::Bytes { data: vec![4] },
+        ] {
+            assert_eq!(round_trip(&m).name(), m.name());
+        }
+        let err = |bytes: &[u8]| read_message(&mut &bytes[..]).unwrap_err().to_string();
+        assert!(err(&[0, 0, 0, 6, 1, 17, 0, 0, 0, 9]).contains("VerifyCheckValue"));
+        assert!(err(&[0, 0, 0, 3, 1, 33, 2]).contains("Verdict"));
+        assert!(err(&[0, 0, 0, 4, 1, 35, 1, 2]).contains("Unwrapped"));
+        assert!(err(&[0, 0, 0, 3, 1, 34, 1]).contains("DataKey"));
     }
 
     #[test]

@@ -10,17 +10,26 @@
 //! this process's memory (a [`sealdb_crypto::SecretKey`], zeroized on drop) and is never
 //! written anywhere.
 //!
-//! Not here yet: the engine's local socket (unwrap data keys, re-wrap the registry), master
-//! key rotation, sealing, and evidence producers for TDX/SEV-SNP (configfs-tsm) and Nitro.
+//! Once provisioned, the vault serves the engine on a local Unix socket ([`LocalServer`]):
+//! key-check values, new data keys, unwrapping and wrapping data keys, and authenticating
+//! the key registry, with the same master-key code as the engine's `host` mode
+//! ([`sealdb_crypto::MasterKey`]). The socket is owner-only (0600) and the vault serves only
+//! peers of its own user id.
+//!
+//! Not here yet: master key rotation inside the vault, sealing, the `vault-sealed` mode, and
+//! evidence producers for TDX/SEV-SNP (configfs-tsm) and Nitro.
 #![forbid(unsafe_code)]
 
+mod local;
 mod server;
 mod tee;
 
 use std::sync::Mutex;
 
-use sealdb_crypto::{AeadKey, SecretKey};
+use sealdb_crypto::{MasterKey, SecretKey};
+use sealdb_vault_proto::Message;
 
+pub use local::LocalServer;
 pub use server::{serve, Server};
 #[cfg(feature = "sim")]
 pub use tee::Simulated;
@@ -67,7 +76,13 @@ pub enum VaultError {
 /// The vault's state; only the provisioned state owns a key.
 enum State {
     Unprovisioned,
-    Provisioned { master: SecretKey },
+    Provisioned(Box<Held>),
+}
+
+/// The master key as given, and ready for use.
+struct Held {
+    key: SecretKey,
+    master: MasterKey,
 }
 
 /// The key-holding state machine, shared by all connections.
@@ -109,22 +124,69 @@ impl Vault {
 
     /// Holds a master key.
     pub fn is_provisioned(&self) -> bool {
-        matches!(*self.lock(), State::Provisioned { .. })
+        matches!(*self.lock(), State::Provisioned(_))
     }
 
     /// Takes the master key and returns its key-check value. Sending the same key again is
     /// accepted (a retry); another key is refused.
     pub fn provision(&self, key: SecretKey) -> Result<Vec<u8>, VaultError> {
         let mut state = self.lock();
-        if let State::Provisioned { master } = &*state {
-            if !master.ct_eq(&key) {
+        if let State::Provisioned(held) = &*state {
+            if !held.key.ct_eq(&key) {
                 return Err(VaultError::AlreadyProvisioned);
             }
         }
-        let kcv = AeadKey::new(&key)
+        let master = MasterKey::new(&key);
+        let kcv = master
             .check_value(sealdb_vault_proto::KEY_CHECK_AAD)
             .map_err(|e| VaultError::Crypto(e.to_string()))?;
-        *state = State::Provisioned { master: key };
+        *state = State::Provisioned(Box::new(Held { key, master }));
         Ok(kcv)
+    }
+
+    /// Answers one engine request (from the local socket). Anything but an engine request,
+    /// or any request before provisioning, is answered with [`Message::Error`].
+    pub fn engine_request(&self, request: Message) -> Message {
+        let state = self.lock();
+        let State::Provisioned(held) = &*state else {
+            return Message::Error {
+                message: "the vault is not provisioned: the owner must run `sealdb provision`"
+                    .into(),
+            };
+        };
+        let master = &held.master;
+        let crypto = |e: sealdb_crypto::CryptoError| Message::Error {
+            message: format!("crypto: {e}"),
+        };
+        match request {
+            Message::MakeCheckValue { aad } => match master.check_value(&aad) {
+                Ok(data) => Message::Bytes { data },
+                Err(e) => crypto(e),
+            },
+            Message::VerifyCheckValue { aad, kcv } => Message::Verdict {
+                ok: master.verify_check_value(&aad, &kcv),
+            },
+            Message::NewDataKey { aad } => match master.new_data_key(&aad) {
+                Ok((key, wrapped)) => Message::DataKey { key, wrapped },
+                Err(e) => crypto(e),
+            },
+            Message::UnwrapDataKey { aad, wrapped } => Message::Unwrapped {
+                key: master.unwrap(&aad, &wrapped),
+            },
+            Message::WrapDataKey { aad, key } => match master.wrap(&aad, &key) {
+                Ok(data) => Message::Bytes { data },
+                Err(e) => crypto(e),
+            },
+            Message::Authenticate { data } => match master.authenticate(&data) {
+                Ok(data) => Message::Bytes { data },
+                Err(e) => crypto(e),
+            },
+            Message::VerifyTag { data, tag } => Message::Verdict {
+                ok: master.verify_tag(&data, &tag),
+            },
+            other => Message::Error {
+                message: format!("unexpected {} on the engine socket", other.name()),
+            },
+        }
     }
 }

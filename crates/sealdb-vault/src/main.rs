@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use sealdb_vault::Vault;
 
-const USAGE: &str = "usage: sealdb-vault --listen ADDR --tee sim|gramine [--gramine-dir DIR]";
+const USAGE: &str =
+    "usage: sealdb-vault --listen ADDR --tee sim|gramine [--socket PATH] [--gramine-dir DIR]";
 
 fn main() -> ExitCode {
     match run() {
@@ -21,6 +22,7 @@ fn run() -> Result<(), String> {
     let mut listen = None;
     let mut tee = None;
     let mut gramine_dir = "/dev/attestation".to_string();
+    let mut socket = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -31,11 +33,13 @@ fn run() -> Result<(), String> {
             "--listen" => listen = Some(value()?),
             "--tee" => tee = Some(value()?),
             "--gramine-dir" => gramine_dir = value()?,
+            "--socket" => socket = Some(std::path::PathBuf::from(value()?)),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
     }
     let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
     let tee = tee.ok_or_else(|| format!("--tee is required\n{USAGE}"))?;
     let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir).map_err(|e| e.to_string())?;
-    sealdb_vault::serve(&listen, Arc::new(Vault::new(tee))).map_err(|e| e.to_string())
+    sealdb_vault::serve(&listen, socket.as_deref(), Arc::new(Vault::new(tee)))
+        .map_err(|e| e.to_string())
 }

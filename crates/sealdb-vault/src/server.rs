@@ -132,13 +132,28 @@ impl Server {
     }
 }
 
-/// Binds `addr` and serves forever; prints the bound address first.
-pub fn serve(addr: &str, vault: Arc<Vault>) -> Result<(), VaultError> {
+/// Binds `addr` (and the engine's `socket`, if given) and serves forever; prints the bound
+/// address first.
+pub fn serve(
+    addr: &str,
+    socket: Option<&std::path::Path>,
+    vault: Arc<Vault>,
+) -> Result<(), VaultError> {
+    let local = socket
+        .map(|p| crate::LocalServer::bind(p, vault.clone()))
+        .transpose()?;
     let server = Server::bind(addr, vault)?;
     let bound = server.local_addr()?;
+    let socket_note = local
+        .as_ref()
+        .map(|l| format!("; engine socket {}", l.path().display()))
+        .unwrap_or_default();
+    if let Some(l) = local {
+        std::thread::spawn(move || l.run());
+    }
     let sim = server.vault.tee().is_simulated();
     println!(
-        "sealdb-vault listening on {bound} (tee: {:?}{})",
+        "sealdb-vault listening on {bound} (tee: {:?}{}){socket_note}",
         server.vault.tee().format(),
         if sim {
             ", INSECURE simulation: not a TEE"

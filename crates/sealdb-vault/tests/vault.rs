@@ -145,3 +145,90 @@ fn gramine_evidence_comes_from_its_attestation_files() {
     let e = missing.evidence(&[0; 64]).unwrap_err().to_string();
     assert!(e.contains("user_report_data"), "{e}");
 }
+
+#[test]
+fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.sock");
+    let vault = Arc::new(Vault::new(Box::new(Simulated::new().unwrap())));
+    let local = sealdb_vault::LocalServer::bind(&path, vault.clone()).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::thread::spawn(move || local.run());
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut call = |m: Message| {
+        write_message(&mut s, &m).unwrap();
+        read_message(&mut s).unwrap()
+    };
+    let r = call(Message::MakeCheckValue { aad: b"a".to_vec() });
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("not provisioned")),
+        "{r:?}"
+    );
+    vault.provision(key(1)).unwrap();
+    let Message::Bytes { data: kcv } = call(Message::MakeCheckValue { aad: b"a".to_vec() }) else {
+        panic!()
+    };
+    assert!(matches!(
+        call(Message::VerifyCheckValue {
+            aad: b"a".to_vec(),
+            kcv: kcv.clone()
+        }),
+        Message::Verdict { ok: true }
+    ));
+    assert!(matches!(
+        call(Message::VerifyCheckValue {
+            aad: b"b".to_vec(),
+            kcv
+        }),
+        Message::Verdict { ok: false }
+    ));
+    let Message::DataKey { key: dk, wrapped } = call(Message::NewDataKey {
+        aad: b"k1".to_vec(),
+    }) else {
+        panic!()
+    };
+    let Message::Unwrapped { key: Some(back) } = call(Message::UnwrapDataKey {
+        aad: b"k1".to_vec(),
+        wrapped: wrapped.clone(),
+    }) else {
+        panic!()
+    };
+    assert!(back.ct_eq(&dk));
+    // Bound to its aad, and the same bytes as the engine's own master-key code.
+    assert!(matches!(
+        call(Message::UnwrapDataKey {
+            aad: b"k2".to_vec(),
+            wrapped: wrapped.clone()
+        }),
+        Message::Unwrapped { key: None }
+    ));
+    let host = sealdb_crypto::MasterKey::new(&key(1));
+    assert!(host.unwrap(b"k1", &wrapped).unwrap().ct_eq(&dk));
+    let Message::Bytes { data: tag } = call(Message::Authenticate {
+        data: b"registry".to_vec(),
+    }) else {
+        panic!()
+    };
+    assert!(host.verify_tag(b"registry", &tag));
+    assert!(matches!(
+        call(Message::VerifyTag {
+            data: b"registrx".to_vec(),
+            tag
+        }),
+        Message::Verdict { ok: false }
+    ));
+    // Provisioning messages do not belong on this socket.
+    let r = call(Message::Challenge { nonce: [0; 32] });
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("unexpected Challenge")),
+        "{r:?}"
+    );
+    // A second vault cannot take over the socket of a running one.
+    let other = Arc::new(Vault::new(Box::new(Simulated::new().unwrap())));
+    let e = sealdb_vault::LocalServer::bind(&path, other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another vault"), "{e}");
+}

@@ -81,6 +81,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The key provider failed (for example, a vault that cannot be reached or is not
+    /// provisioned). Nothing was written; retry when the provider is back.
+    #[error("key provider: {0}")]
+    KeyProvider(String),
     /// A cryptographic operation failed for a reason other than authentication
     /// (for example the system random number generator).
     #[error("crypto error: {0}")]

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use sealdb_crypto::{AeadKey, CryptoError, SecretKey, SEAL_OVERHEAD};
+use sealdb_crypto::{AeadKey, MasterKey, SecretKey, SEAL_OVERHEAD};
 use zeroize::Zeroize;
 
 use crate::codec::Reader;
@@ -121,35 +121,36 @@ impl Sealer {
 }
 
 /// The only way the engine gets data keys. Implemented by [`HostKeyProvider`] (master key in
-/// this process) and, later, by the vault client (master key inside a TEE).
+/// this process) and by the vault client in `sealdb-vault-client` (master key inside a TEE).
 ///
 /// Every method binds its result to `aad` chosen by the engine (store id, key id, creation
-/// time), so a wrapped key moved to another store or entry does not unwrap.
+/// time), so a wrapped key moved to another store or entry does not unwrap. Checks answer
+/// `Ok(false)` / `Ok(None)` when the data does not authenticate, and `Err` only when the
+/// provider itself failed (for example, a vault that cannot be reached), so the two are never
+/// confused.
 pub trait KeyProvider: Send + Sync {
     /// A key-check value for a new store: proves later that the same master key is used.
     fn make_check_value(&self, aad: &[u8]) -> Result<Vec<u8>>;
-    /// Checks a key-check value; [`Error::WrongMasterKey`] is returned by the caller on failure.
-    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> std::result::Result<(), CryptoError>;
+    /// Whether a key-check value was made with this master key (the caller reports
+    /// [`Error::WrongMasterKey`] when not).
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> Result<bool>;
     /// Creates a new data key and returns it with its wrapped form.
     fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>)>;
-    /// Unwraps a data key made by [`KeyProvider::new_data_key`].
-    fn unwrap_data_key(
-        &self,
-        aad: &[u8],
-        wrapped: &[u8],
-    ) -> std::result::Result<SecretKey, CryptoError>;
+    /// Unwraps a data key made by [`KeyProvider::new_data_key`]; `None` if it does not
+    /// authenticate.
+    fn unwrap_data_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Option<SecretKey>>;
     /// Wraps an existing data key (used when the master key is rotated: the old provider
     /// unwraps, the new one wraps).
     fn rewrap_data_key(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>>;
     /// Authenticates `data` (the registry body): returns a tag.
     fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>>;
-    /// Checks a tag made by [`KeyProvider::authenticate`].
-    fn verify(&self, data: &[u8], tag: &[u8]) -> std::result::Result<(), CryptoError>;
+    /// Whether `tag` was made by [`KeyProvider::authenticate`] over `data`.
+    fn verify(&self, data: &[u8], tag: &[u8]) -> Result<bool>;
 }
 
 /// Key mode `host`: a 32-byte master key held in this process (from a key file).
 pub struct HostKeyProvider {
-    master: AeadKey,
+    master: MasterKey,
 }
 
 impl std::fmt::Debug for HostKeyProvider {
@@ -162,7 +163,7 @@ impl HostKeyProvider {
     /// Uses `master` as the master key.
     pub fn new(master: &SecretKey) -> Self {
         HostKeyProvider {
-            master: AeadKey::new(master),
+            master: MasterKey::new(master),
         }
     }
 
@@ -224,32 +225,23 @@ impl KeyProvider for HostKeyProvider {
     fn make_check_value(&self, aad: &[u8]) -> Result<Vec<u8>> {
         Ok(self.master.check_value(aad)?)
     }
-    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> std::result::Result<(), CryptoError> {
-        self.master.verify_check_value(aad, kcv)
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> Result<bool> {
+        Ok(self.master.verify_check_value(aad, kcv))
     }
     fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>)> {
-        let key = SecretKey::generate()?;
-        let wrapped = self.master.wrap_key(aad, &key)?;
-        Ok((key, wrapped))
+        Ok(self.master.new_data_key(aad)?)
     }
-    fn unwrap_data_key(
-        &self,
-        aad: &[u8],
-        wrapped: &[u8],
-    ) -> std::result::Result<SecretKey, CryptoError> {
-        self.master.unwrap_key(aad, wrapped)
+    fn unwrap_data_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Option<SecretKey>> {
+        Ok(self.master.unwrap(aad, wrapped))
     }
     fn rewrap_data_key(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>> {
-        Ok(self.master.wrap_key(aad, key)?)
+        Ok(self.master.wrap(aad, key)?)
     }
     fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let mut tag = Vec::with_capacity(SEAL_OVERHEAD);
-        self.master.seal(data, &[], &mut tag)?;
-        Ok(tag)
+        Ok(self.master.authenticate(data)?)
     }
-    fn verify(&self, data: &[u8], tag: &[u8]) -> std::result::Result<(), CryptoError> {
-        let mut t = tag.to_vec();
-        self.master.open_in_place(data, &mut t).map(|_| ())
+    fn verify(&self, data: &[u8], tag: &[u8]) -> Result<bool> {
+        Ok(self.master.verify_tag(data, tag))
     }
 }
 
@@ -580,13 +572,10 @@ impl KeyRing {
             .read_all(REGISTRY_FILE)
             .map_err(|e| Error::io(REGISTRY_FILE, e))?;
         let raw = decode_registry(&buf)?;
-        if provider
-            .verify_check_value(&kcv_aad(&raw.store_id), raw.kcv)
-            .is_err()
-        {
+        if !provider.verify_check_value(&kcv_aad(&raw.store_id), raw.kcv)? {
             return Err(Error::WrongMasterKey(storage.location()));
         }
-        if provider.verify(raw.body, raw.tag).is_err() {
+        if !provider.verify(raw.body, raw.tag)? {
             return Err(Error::integrity(
                 REGISTRY_FILE,
                 raw.body.len() as u64,
@@ -602,8 +591,8 @@ impl KeyRing {
             })?;
             if state != KeyState::Destroyed {
                 let key = provider
-                    .unwrap_data_key(&wrap_aad(&raw.store_id, e.id, e.created), e.wrapped)
-                    .map_err(|_| {
+                    .unwrap_data_key(&wrap_aad(&raw.store_id, e.id, e.created), e.wrapped)?
+                    .ok_or_else(|| {
                         Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
                     })?;
                 keys.insert(e.id, KeyHandle::new(&key, e.units_reserved));
@@ -879,7 +868,7 @@ impl KeyRing {
                         continue;
                     }
                     let aad = wrap_aad(&store_id, e.id, e.created);
-                    let key = old.unwrap_data_key(&aad, &e.wrapped).map_err(|_| {
+                    let key = old.unwrap_data_key(&aad, &e.wrapped)?.ok_or_else(|| {
                         Error::integrity(REGISTRY_FILE, 0, "a wrapped data key failed to unwrap")
                     })?;
                     e.wrapped = new.rewrap_data_key(&aad, &key)?;

@@ -1,0 +1,169 @@
+//! Key mode `vault`: the engine asks the vault for every master-key operation over the
+//! vault's local Unix socket, so the master key never enters the engine's memory. Data keys
+//! are released to the engine (it seals and opens blocks itself).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! let provider = sealdb_vault_client::VaultKeyProvider::connect("/run/sealdb/vault.sock").unwrap();
+//! let opts = sealdb::Options {
+//!     key_provider: Some(Arc::new(provider)),
+//!     ..sealdb::Options::default()
+//! };
+//! let db = sealdb::Db::open("store", opts).unwrap();
+//! ```
+#![forbid(unsafe_code)]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sealdb::{Error, KeyProvider, Result};
+use sealdb_crypto::SecretKey;
+use sealdb_vault_proto::{read_message, write_message, Message};
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A [`KeyProvider`] backed by a vault.
+pub struct VaultKeyProvider {
+    path: PathBuf,
+    conn: Mutex<Option<UnixStream>>,
+}
+
+impl std::fmt::Debug for VaultKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKeyProvider")
+            .field("socket", &self.path)
+            .finish()
+    }
+}
+
+impl VaultKeyProvider {
+    /// Connects to the vault's engine socket and checks that it answers.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        let p = VaultKeyProvider {
+            path: path.as_ref().to_path_buf(),
+            conn: Mutex::new(None),
+        };
+        let mut guard = p.lock();
+        *guard = Some(p.open()?);
+        drop(guard);
+        Ok(p)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnixStream>> {
+        // The connection is replaced whole or dropped; a panic elsewhere leaves it usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fail(&self, detail: impl std::fmt::Display) -> Error {
+        Error::KeyProvider(format!("vault at {}: {detail}", self.path.display()))
+    }
+
+    fn open(&self) -> Result<UnixStream> {
+        let s = UnixStream::connect(&self.path).map_err(|e| self.fail(e))?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .and_then(|_| s.set_write_timeout(Some(TIMEOUT)))
+            .map_err(|e| self.fail(e))?;
+        Ok(s)
+    }
+
+    /// Sends one request and returns the reply; reconnects once if the connection broke
+    /// (requests are idempotent). A vault's refusal is an error naming its reason.
+    fn call(&self, request: &Message) -> Result<Message> {
+        let mut guard = self.lock();
+        let mut last = None;
+        for _ in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.open()?);
+            }
+            let Some(stream) = guard.as_mut() else {
+                continue;
+            };
+            let reply = write_message(stream, request).and_then(|_| read_message(stream));
+            match reply {
+                Ok(Message::Error { message }) => return Err(self.fail(message)),
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    *guard = None;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(self.fail(last.map_or_else(|| "no connection".into(), |e| e.to_string())))
+    }
+
+    fn unexpected(&self, request: &str, got: &Message) -> Error {
+        self.fail(format!("answered {request} with {}", got.name()))
+    }
+
+    fn bytes(&self, request: Message) -> Result<Vec<u8>> {
+        let name = request.name();
+        match self.call(&request)? {
+            Message::Bytes { data } => Ok(data),
+            other => Err(self.unexpected(name, &other)),
+        }
+    }
+
+    fn verdict(&self, request: Message) -> Result<bool> {
+        let name = request.name();
+        match self.call(&request)? {
+            Message::Verdict { ok } => Ok(ok),
+            other => Err(self.unexpected(name, &other)),
+        }
+    }
+}
+
+impl KeyProvider for VaultKeyProvider {
+    fn make_check_value(&self, aad: &[u8]) -> Result<Vec<u8>> {
+        self.bytes(Message::MakeCheckValue { aad: aad.to_vec() })
+    }
+
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> Result<bool> {
+        self.verdict(Message::VerifyCheckValue {
+            aad: aad.to_vec(),
+            kcv: kcv.to_vec(),
+        })
+    }
+
+    fn new_data_key(&self, aad: &[u8]) -> Result<(SecretKey, Vec<u8>)> {
+        match self.call(&Message::NewDataKey { aad: aad.to_vec() })? {
+            Message::DataKey { key, wrapped } => Ok((key, wrapped)),
+            other => Err(self.unexpected("NewDataKey", &other)),
+        }
+    }
+
+    fn unwrap_data_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Option<SecretKey>> {
+        match self.call(&Message::UnwrapDataKey {
+            aad: aad.to_vec(),
+            wrapped: wrapped.to_vec(),
+        })? {
+            Message::Unwrapped { key } => Ok(key),
+            other => Err(self.unexpected("UnwrapDataKey", &other)),
+        }
+    }
+
+    fn rewrap_data_key(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>> {
+        let copy = SecretKey::from_slice(key.danger_export())?;
+        self.bytes(Message::WrapDataKey {
+            aad: aad.to_vec(),
+            key: copy,
+        })
+    }
+
+    fn authenticate(&self, data: &[u8]) -> Result<Vec<u8>> {
+        self.bytes(Message::Authenticate {
+            data: data.to_vec(),
+        })
+    }
+
+    fn verify(&self, data: &[u8], tag: &[u8]) -> Result<bool> {
+        self.verdict(Message::VerifyTag {
+            data: data.to_vec(),
+            tag: tag.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The engine's local socket: a Unix socket, owner-only, serving peers of the vault's own
+//! user id.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sealdb_vault_proto::{read_message, write_message, Message, ProtoError};
+
+use crate::{Vault, VaultError};
+
+/// A bound engine socket.
+#[derive(Debug)]
+pub struct LocalServer {
+    listener: UnixListener,
+    path: PathBuf,
+    vault: Arc<Vault>,
+}
+
+impl LocalServer {
+    /// Binds `path` (a stale socket file there is replaced) and makes it owner-only.
+    pub fn bind(path: &Path, vault: Arc<Vault>) -> Result<LocalServer, VaultError> {
+        let err = |what: &str, e: std::io::Error| {
+            VaultError::Protocol(format!("{what} {}: {e}", path.display()))
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(VaultError::Protocol(format!(
+                    "{} exists and is not a socket",
+                    path.display()
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(VaultError::Protocol(format!(
+                    "another vault is serving {}",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| err("cannot listen on", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err("setting permissions of", e))?;
+        Ok(LocalServer {
+            listener,
+            path: path.to_path_buf(),
+            vault,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves engine connections until the process ends.
+    pub fn run(self) {
+        let me = rustix::process::geteuid();
+        let vault = self.vault;
+        for stream in self.listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            // Only processes of the vault's own user: the socket's mode already says so,
+            // the peer's credentials make sure.
+            match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) if cred.uid == me => {}
+                _ => continue,
+            }
+            let vault = vault.clone();
+            std::thread::spawn(move || {
+                let _ = serve_engine(stream, &vault);
+            });
+        }
+    }
+}
+
+fn serve_engine(mut stream: UnixStream, vault: &Vault) -> Result<(), ProtoError> {
+    loop {
+        let request = match read_message(&mut stream) {
+            Ok(m) => m,
+            Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(())
+            }
+            Err(e) => {
+                let _ = write_message(
+                    &mut stream,
+                    &Message::Error {
+                        message: e.to_string(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        write_message(&mut stream, &vault.engine_request(request))?;
+    }
+}
