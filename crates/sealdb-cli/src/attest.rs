@@ -102,14 +102,7 @@ impl EndorsementArgs {
             endorsements = dcap_endorsements(&json, "fetched collateral")?;
         }
         if let Some(v) = &self.vcek {
-            let bytes = read_file(v, "VCEK")?;
-            let der = if bytes.starts_with(b"-----BEGIN") {
-                sealdb_attest::pem_to_der(&bytes)
-                    .ok_or_else(|| fail(format!("{}: bad PEM", v.display())))?
-            } else {
-                bytes
-            };
-            endorsements = endorsements.with_snp_vcek(der);
+            endorsements = endorsements.with_snp_vcek(read_certificate(v, "VCEK")?);
         } else if self.fetch && format == Format::Snp {
             endorsements = endorsements.with_snp_vcek(fetch_vcek(&self.source, bytes)?);
         }
@@ -180,14 +173,7 @@ impl FetchArgs {
             f = f.with_pccs(u);
         }
         if let Some(ca) = &self.pccs_ca {
-            let bytes = read_file(ca, "PCCS CA certificate")?;
-            let der = if bytes.starts_with(b"-----BEGIN") {
-                sealdb_attest::pem_to_der(&bytes)
-                    .ok_or_else(|| fail(format!("{}: bad PEM", ca.display())))?
-            } else {
-                bytes
-            };
-            f = f.with_intel_ca(der);
+            f = f.with_intel_ca(read_certificate(ca, "PCCS CA certificate")?);
         }
         if !self.no_cache {
             let dir = match &self.cache_dir {
@@ -215,6 +201,17 @@ pub(crate) fn unix_now() -> u64 {
 
 pub(crate) fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| fail(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// A certificate file, PEM or DER; the DER.
+fn read_certificate(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
+    let bytes = read_file(path, what)?;
+    if bytes.starts_with(b"-----BEGIN") {
+        sealdb_attest::pem_to_der(&bytes)
+            .ok_or_else(|| fail(format!("{what} {}: bad PEM", path.display())))
+    } else {
+        Ok(bytes)
+    }
 }
 
 /// Evidence files may be binary or hex text (whitespace ignored).

@@ -28,10 +28,10 @@ fn verify_with(format: Format, quote: &[u8], json: &str) -> sealdb_attest::Claim
     .unwrap()
 }
 
-#[test]
-fn dcap_collateral_from_a_pccs_verifies_like_the_file_and_is_cached() {
+/// A local PCCS serving the SGX sample's collateral (its PCK certificate says FMSPC
+/// 00A067110000, processor CA), a fetcher with a cache in a fresh directory, and the quote.
+fn sgx_sample_through_a_cached_pccs() -> (Server, tempfile::TempDir, Fetcher, Vec<u8>) {
     let server = Server::start();
-    // The sample SGX quote's PCK certificate: FMSPC 00A067110000, processor CA.
     serve_dcap(
         &server,
         "sgx_quote_collateral.json",
@@ -43,7 +43,12 @@ fn dcap_collateral_from_a_pccs_verifies_like_the_file_and_is_cached() {
     let fetcher = Fetcher::new()
         .with_pccs(&server.base)
         .with_cache(Cache::open(dir.path()).unwrap());
-    let quote = vector("dcap/sgx_quote");
+    (server, dir, fetcher, vector("dcap/sgx_quote"))
+}
+
+#[test]
+fn dcap_collateral_from_a_pccs_verifies_like_the_file_and_is_cached() {
+    let (server, dir, fetcher, quote) = sgx_sample_through_a_cached_pccs();
 
     let got = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
     assert_eq!((got.fetched, got.from_cache), (4, 0));
@@ -96,19 +101,7 @@ fn dcap_collateral_from_a_pccs_verifies_like_the_file_and_is_cached() {
 
 #[test]
 fn a_corrupt_cache_entry_is_replaced_and_reported() {
-    let server = Server::start();
-    serve_dcap(
-        &server,
-        "sgx_quote_collateral.json",
-        "sgx",
-        "00A067110000",
-        "processor",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let fetcher = Fetcher::new()
-        .with_pccs(&server.base)
-        .with_cache(Cache::open(dir.path()).unwrap());
-    let quote = vector("dcap/sgx_quote");
+    let (_server, dir, fetcher, quote) = sgx_sample_through_a_cached_pccs();
     let first = fetcher.dcap_collateral(&quote, SGX_REF).unwrap();
     let mut files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
