@@ -183,12 +183,14 @@ enum VaultCommand {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: String,
-        /// The TEE: `sim` (insecure simulation) or `gramine` (SGX under Gramine).
+        /// The TEE: `sim` (insecure simulation), `gramine` (SGX under Gramine) or `tsm` (TDX
+        /// or SEV-SNP confidential VM through configfs-tsm).
         #[arg(long)]
         tee: String,
-        /// Gramine's attestation directory.
-        #[arg(long, default_value = "/dev/attestation")]
-        gramine_dir: String,
+        /// The TEE's directory: Gramine's attestation files (default `/dev/attestation`) or
+        /// the configfs-tsm report directory (default `/sys/kernel/config/tsm/report`).
+        #[arg(long)]
+        tee_dir: Option<String>,
         /// The engine's local socket (owner-only), for stores opened with --vault-socket.
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -414,10 +416,10 @@ fn run(cmd: Command) -> Result<(), Failure> {
             VaultCommand::Serve {
                 listen,
                 tee,
-                gramine_dir,
+                tee_dir,
                 socket,
             } => {
-                let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir)
+                let tee = sealdb_vault::tee_by_name(&tee, tee_dir.as_deref())
                     .map_err(|e| fail(e.to_string()))?;
                 let vault = std::sync::Arc::new(sealdb_vault::Vault::new(tee));
                 sealdb_vault::serve(&listen, socket.as_deref(), vault)

@@ -33,13 +33,17 @@ pub use local::LocalServer;
 pub use server::{serve, Server};
 #[cfg(feature = "sim")]
 pub use tee::Simulated;
-pub use tee::{GramineSgx, Tee};
+pub use tee::{ConfigfsTsm, GramineSgx, Tee};
 
-/// The TEE named `name` (`sim`, `gramine`); `gramine_dir` is Gramine's attestation
-/// directory (normally `/dev/attestation`).
-pub fn tee_by_name(name: &str, gramine_dir: &str) -> Result<Box<dyn Tee>, VaultError> {
+/// The TEE named `name`: `sim`, `gramine` (`dir`: Gramine's attestation directory,
+/// normally `/dev/attestation`) or `tsm` (TDX or SEV-SNP through configfs-tsm; `dir`: the
+/// report directory, normally `/sys/kernel/config/tsm/report`).
+pub fn tee_by_name(name: &str, dir: Option<&str>) -> Result<Box<dyn Tee>, VaultError> {
     match name {
-        "gramine" => Ok(Box::new(GramineSgx::new(gramine_dir))),
+        "gramine" => Ok(Box::new(GramineSgx::new(dir.unwrap_or("/dev/attestation")))),
+        "tsm" => Ok(Box::new(ConfigfsTsm::new(
+            dir.unwrap_or("/sys/kernel/config/tsm/report"),
+        )?)),
         #[cfg(feature = "sim")]
         "sim" => Ok(Box::new(Simulated::new()?)),
         #[cfg(not(feature = "sim"))]

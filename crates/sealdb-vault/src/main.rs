@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sealdb_vault::Vault;
 
 const USAGE: &str =
-    "usage: sealdb-vault --listen ADDR --tee sim|gramine [--socket PATH] [--gramine-dir DIR]";
+    "usage: sealdb-vault --listen ADDR --tee sim|gramine|tsm [--socket PATH] [--tee-dir DIR]";
 
 fn main() -> ExitCode {
     match run() {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut listen = None;
     let mut tee = None;
-    let mut gramine_dir = "/dev/attestation".to_string();
+    let mut tee_dir = None;
     let mut socket = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -32,14 +32,14 @@ fn run() -> Result<(), String> {
         match a.as_str() {
             "--listen" => listen = Some(value()?),
             "--tee" => tee = Some(value()?),
-            "--gramine-dir" => gramine_dir = value()?,
+            "--tee-dir" => tee_dir = Some(value()?),
             "--socket" => socket = Some(std::path::PathBuf::from(value()?)),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
     }
     let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
     let tee = tee.ok_or_else(|| format!("--tee is required\n{USAGE}"))?;
-    let tee = sealdb_vault::tee_by_name(&tee, &gramine_dir).map_err(|e| e.to_string())?;
+    let tee = sealdb_vault::tee_by_name(&tee, tee_dir.as_deref()).map_err(|e| e.to_string())?;
     sealdb_vault::serve(&listen, socket.as_deref(), Arc::new(Vault::new(tee)))
         .map_err(|e| e.to_string())
 }

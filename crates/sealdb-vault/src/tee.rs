@@ -52,6 +52,99 @@ impl Tee for GramineSgx {
     }
 }
 
+/// A TDX or SEV-SNP confidential VM through Linux configfs-tsm
+/// (`/sys/kernel/config/tsm/report`): one report directory per request; write the report
+/// data to `inblob`, read the evidence from `outblob`, check with `generation` that nobody
+/// else wrote in between, remove the directory.
+#[derive(Debug)]
+pub struct ConfigfsTsm {
+    root: PathBuf,
+    format: Format,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl ConfigfsTsm {
+    /// The TSM report directory `root` (normally `/sys/kernel/config/tsm/report`); the
+    /// provider (`tdx_guest` or `sev_guest`) decides the format. Probes it once.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, VaultError> {
+        let root = root.into();
+        let probe = ConfigfsTsm {
+            root,
+            format: Format::Tdx,
+            next: std::sync::atomic::AtomicU64::new(0),
+        };
+        let dir = probe.entry()?;
+        let provider = std::fs::read_to_string(dir.join("provider"));
+        let _ = std::fs::remove_dir(&dir);
+        let provider = provider.map_err(|e| {
+            VaultError::Tee(format!("reading {}: {e}", dir.join("provider").display()))
+        })?;
+        let format = match provider.trim() {
+            "tdx_guest" => Format::Tdx,
+            "sev_guest" => Format::Snp,
+            other => {
+                return Err(VaultError::Tee(format!(
+                    "configfs-tsm provider {other:?} is not tdx_guest or sev_guest"
+                )))
+            }
+        };
+        Ok(ConfigfsTsm { format, ..probe })
+    }
+
+    /// A report directory of this process (one left behind by an earlier process with the
+    /// same id is reused: `generation` guards against concurrent writers).
+    fn entry(&self) -> Result<PathBuf, VaultError> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .root
+            .join(format!("sealdb-vault-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(dir),
+            Err(e) => Err(VaultError::Tee(format!("creating {}: {e}", dir.display()))),
+        }
+    }
+}
+
+impl Tee for ConfigfsTsm {
+    fn format(&self) -> Format {
+        self.format
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, VaultError> {
+        let dir = self.entry()?;
+        let result = (|| {
+            let path = |name: &str| dir.join(name);
+            let io = |p: PathBuf| {
+                move |e: std::io::Error| VaultError::Tee(format!("{}: {e}", p.display()))
+            };
+            let generation = || -> Result<String, VaultError> {
+                std::fs::read_to_string(path("generation"))
+                    .map(|g| g.trim().to_string())
+                    .map_err(io(path("generation")))
+            };
+            std::fs::write(path("inblob"), report_data).map_err(io(path("inblob")))?;
+            let before = generation()?;
+            let out = std::fs::read(path("outblob")).map_err(io(path("outblob")))?;
+            if generation()? != before {
+                return Err(VaultError::Tee(format!(
+                    "{} was written by another process during the request",
+                    dir.display()
+                )));
+            }
+            if out.is_empty() {
+                return Err(VaultError::Tee(format!(
+                    "{} is empty",
+                    path("outblob").display()
+                )));
+            }
+            Ok(out)
+        })();
+        let _ = std::fs::remove_dir(&dir);
+        result
+    }
+}
+
 /// The simulated TEE: `sim-v1` evidence signed by a platform key made at start, measuring
 /// the running binary. It proves nothing; verifiers accept it only when told to.
 #[cfg(feature = "sim")]

@@ -232,3 +232,41 @@ fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
         .to_string();
     assert!(e.contains("another vault"), "{e}");
 }
+
+/// configfs-tsm, faked by a directory tree: the kernel's attribute files are written ahead
+/// into the report directories the vault will use (configfs creates them on mkdir).
+#[test]
+fn configfs_tsm_evidence_comes_from_its_report_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let pid = std::process::id();
+    let report = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/testvectors/dcap/tdx_quote"),
+    )
+    .unwrap();
+    for n in 0..2 {
+        let d = root.path().join(format!("sealdb-vault-{pid}-{n}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("provider"), "tdx_guest\n").unwrap();
+        std::fs::write(d.join("generation"), "1\n").unwrap();
+        std::fs::write(d.join("outblob"), &report).unwrap();
+    }
+    let tee = sealdb_vault::ConfigfsTsm::new(root.path()).unwrap();
+    assert_eq!(tee.format(), sealdb_attest::Format::Tdx);
+    assert_eq!(tee.evidence(&[6; 64]).unwrap(), report);
+    let used = root.path().join(format!("sealdb-vault-{pid}-1"));
+    assert_eq!(std::fs::read(used.join("inblob")).unwrap(), [6; 64]);
+    // Another provider, or none, is refused by name.
+    let other = tempfile::tempdir().unwrap();
+    let d = other.path().join(format!("sealdb-vault-{pid}-0"));
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("provider"), "arm_cca\n").unwrap();
+    let e = sealdb_vault::ConfigfsTsm::new(other.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("arm_cca"), "{e}");
+    let e = sealdb_vault::ConfigfsTsm::new(other.path().join("absent"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("absent"), "{e}");
+}
