@@ -71,6 +71,11 @@ pub(crate) struct EndorsementArgs {
 }
 
 impl EndorsementArgs {
+    /// Accepts only `sim` evidence of this simulated platform key (hex).
+    pub(crate) fn pin_sim_platform(&mut self, key_hex: &str) {
+        self.sim_platform_key = Some(key_hex.to_string());
+    }
+
     /// The endorsements for `bytes` of `format`: from files, fetched, or none.
     pub(crate) fn endorsements(
         &self,

@@ -21,21 +21,19 @@ impl Drop for VaultChild {
     }
 }
 
-/// Starts `sealdb vault serve --tee sim` as a separate process; returns it and its address.
-fn start_vault(socket: &Path) -> Result<(VaultChild, String), Failure> {
+/// Starts `sealdb vault serve --tee sim` as a separate process for `owner`; returns it, its
+/// address and its simulated platform key.
+fn start_vault(socket: &Path, owner: &str) -> Result<(VaultChild, String, String), Failure> {
     let exe = std::env::current_exe().map_err(|e| fail(format!("finding sealdb: {e}")))?;
+    // The vault's audit log (challenges, provisioning) goes beside its socket.
+    let log = std::fs::File::create(socket.with_extension("log"))
+        .map_err(|e| fail(format!("creating the vault's log: {e}")))?;
     let mut child = Command::new(&exe)
-        .args([
-            "vault",
-            "serve",
-            "--tee",
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--socket",
-        ])
+        .args(["vault", "serve", "--tee", "sim", "--listen", "127.0.0.1:0"])
+        .args(["--owner", owner, "--socket"])
         .arg(socket)
         .stdout(Stdio::piped())
+        .stderr(log)
         .spawn()
         .map_err(|e| fail(format!("starting the vault: {e}")))?;
     let stdout = child.stdout.take();
@@ -46,12 +44,18 @@ fn start_vault(socket: &Path) -> Result<(VaultChild, String), Failure> {
             .read_line(&mut line)
             .map_err(|e| fail(format!("reading the vault's address: {e}")))?;
     }
-    let addr = line
-        .split_whitespace()
-        .nth(3)
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let addr = words
+        .get(3)
         .ok_or_else(|| fail(format!("the vault did not start: {line:?}")))?
         .to_string();
-    Ok((child, addr))
+    let platform_key = words
+        .iter()
+        .position(|w| *w == "key")
+        .and_then(|i| words.get(i + 1))
+        .map(|k| k.trim_end_matches([')', ';']).to_string())
+        .ok_or_else(|| fail(format!("the vault did not name its platform key: {line:?}")))?;
+    Ok((child, addr, platform_key))
 }
 
 pub(crate) fn run() -> Result<(), Failure> {
@@ -60,18 +64,22 @@ pub(crate) fn run() -> Result<(), Failure> {
     let dir = tmp.path().join("store");
     let key_file = tmp.path().join("master.key");
     let wrong_key = tmp.path().join("wrong.key");
+    let owner_key = tmp.path().join("owner.key");
     let socket = tmp.path().join("vault.sock");
     crate::keygen(&key_file)?;
     crate::keygen(&wrong_key)?;
+    crate::keygen(&owner_key)?;
+    let owner = hex::encode(crate::provision::read_owner_key(&owner_key)?.public_key());
     say!(
-        "1. the owner's master key written to {} (mode 0600)",
-        key_file.display()
+        "1. the owner's master key and signing key written to {} (mode 0600)",
+        tmp.path().display()
     );
 
-    let (vault, addr) = start_vault(&socket)?;
+    let (vault, addr, platform_key) = start_vault(&socket, &owner)?;
     say!(
-        "2. started a vault in the simulated TEE (INSECURE, for development): TLS on {addr}, \
-         engine socket {}",
+        "2. started a vault in the simulated TEE (INSECURE, for development) for owner {}…: \
+         TLS on {addr}, engine socket {}",
+        &owner[..16],
         socket.display()
     );
     say!("   vault status: {}", crate::provision::status(&addr)?);
@@ -88,11 +96,9 @@ pub(crate) fn run() -> Result<(), Failure> {
         ),
     )
     .map_err(|e| fail(e.to_string()))?;
-    let claims = crate::provision::provision(&crate::provision::ProvisionArgs::new(
-        &addr,
-        key_file.clone(),
-        policy,
-    ))?;
+    let mut args = crate::provision::ProvisionArgs::new(&addr, key_file.clone(), owner_key, policy);
+    args.pin_sim_platform(&platform_key);
+    let claims = crate::provision::provision(&args)?;
     say!(
         "3. attested provisioning: evidence {:?}, measurement {}…, report_data bound to this \
          TLS session; key sent, key-check value verified",

@@ -156,6 +156,12 @@ enum Command {
         #[command(subcommand)]
         command: attest::AttestCommand,
     },
+    /// Print the public key of an owner signing key file (for `vault serve --owner`).
+    OwnerPubkey {
+        /// The owner's signing key file (make one with `sealdb keygen`).
+        #[arg(long)]
+        owner_key: PathBuf,
+    },
     /// Verify a vault's attestation over TLS, then give it the master key (owner side).
     Provision(provision::ProvisionArgs),
     /// The vault: run one, or ask one for its state.
@@ -194,6 +200,10 @@ enum VaultCommand {
         /// The engine's local socket (owner-only), for stores opened with --vault-socket.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// The owner's public key (64 hex digits, from `sealdb owner-pubkey`): the only key
+        /// whose signature provisions this vault.
+        #[arg(long)]
+        owner: String,
     },
     /// Ask a vault for its state (not attested: for operators, not for trust decisions).
     Status {
@@ -404,6 +414,10 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Keys { command } => keys(command)?,
         Command::Attest { command } => attest::run(command)?,
+        Command::OwnerPubkey { owner_key } => {
+            let key = provision::read_owner_key(&owner_key)?;
+            say!("{}", hex::encode(key.public_key()));
+        }
         Command::Provision(args) => {
             let claims = provision::provision(&args)?;
             say!(
@@ -418,10 +432,12 @@ fn run(cmd: Command) -> Result<(), Failure> {
                 tee,
                 tee_dir,
                 socket,
+                owner,
             } => {
+                let owner = sealdb_vault::parse_owner(&owner).map_err(|e| fail(e.to_string()))?;
                 let tee = sealdb_vault::tee_by_name(&tee, tee_dir.as_deref())
                     .map_err(|e| fail(e.to_string()))?;
-                let vault = std::sync::Arc::new(sealdb_vault::Vault::new(tee));
+                let vault = std::sync::Arc::new(sealdb_vault::Vault::new(tee, owner));
                 sealdb_vault::serve(&listen, socket.as_deref(), vault)
                     .map_err(|e| fail(e.to_string()))?;
             }

@@ -20,12 +20,29 @@ use sealdb_attest::{Claims, Evidence};
 use sealdb_crypto::tls::rustls;
 use sealdb_crypto::{AeadKey, SecretKey};
 use sealdb_vault_proto::{
-    binding, read_message, spki_of_certificate, write_message, Message, EXPORTER_LABEL,
-    EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
+    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Message,
+    EXPORTER_LABEL, EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
 };
 
 use crate::attest::{read_policy, unix_now, EndorsementArgs};
 use crate::{fail, Failure};
+
+/// Claims that measure code (not just the platform): a policy must pin one of them before a
+/// key is released.
+const CODE_MEASUREMENTS: [&str; 12] = [
+    "mr_enclave",
+    "mr_signer",
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "measurement",
+    "pcr0",
+    "pcr1",
+    "pcr2",
+    "sim_measurement",
+];
 
 /// How long the owner waits for the vault.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +55,10 @@ pub(crate) struct ProvisionArgs {
     /// The master key file (32 raw bytes or 64 hex digits).
     #[arg(long)]
     key_file: PathBuf,
+    /// The owner's signing key file (32 raw bytes or 64 hex digits, an Ed25519 seed): the
+    /// vault takes a master key only if signed by the owner it was started for.
+    #[arg(long)]
+    owner_key: PathBuf,
     /// The owner's policy (TOML); it must pin a measurement.
     #[arg(long)]
     policy: PathBuf,
@@ -52,14 +73,22 @@ pub(crate) struct ProvisionArgs {
 impl ProvisionArgs {
     /// Provisioning `vault` with the key in `key_file` under `policy`, endorsements from
     /// the evidence alone (as for `sim`).
-    pub(crate) fn new(vault: &str, key_file: PathBuf, policy: PathBuf) -> Self {
+    pub(crate) fn new(vault: &str, key_file: PathBuf, owner_key: PathBuf, policy: PathBuf) -> Self {
         ProvisionArgs {
             vault: vault.to_string(),
             key_file,
+            owner_key,
             policy,
             allow_unpinned: false,
             endorse: EndorsementArgs::default(),
         }
+    }
+}
+
+impl ProvisionArgs {
+    /// Accepts only `sim` evidence of this simulated platform key (hex).
+    pub(crate) fn pin_sim_platform(&mut self, key_hex: &str) {
+        self.endorse.pin_sim_platform(key_hex);
     }
 }
 
@@ -88,9 +117,19 @@ fn wire(e: sealdb_vault_proto::ProtoError) -> Failure {
     fail(format!("vault connection: {e}"))
 }
 
+/// The owner's signing key from its file.
+pub(crate) fn read_owner_key(path: &std::path::Path) -> Result<sealdb_crypto::SigningKey, Failure> {
+    let seed = sealdb::read_key_file(path)?;
+    sealdb_crypto::SigningKey::from_seed(seed.danger_export()).map_err(|e| fail(e.to_string()))
+}
+
 fn refused(what: &str, m: Message) -> Failure {
     match m {
-        Message::Error { message } => fail(format!("the vault refused {what}: {message}")),
+        // The vault's text may hold anything: shown escaped, never as terminal controls.
+        Message::Error { message } => fail(format!(
+            "the vault refused {what}: {}",
+            message.escape_debug()
+        )),
         other => fail(format!(
             "expected the vault's answer to {what}, got {}",
             other.name()
@@ -101,14 +140,19 @@ fn refused(what: &str, m: Message) -> Failure {
 /// Attests the vault and provisions it; returns the claims the key was released on.
 pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
     let policy = read_policy(Some(&args.policy))?;
-    if policy.measurements.is_empty() && !args.allow_unpinned {
+    let pins_code = CODE_MEASUREMENTS
+        .iter()
+        .any(|m| policy.measurements.get(*m).is_some_and(|v| !v.is_empty()));
+    if !pins_code && !args.allow_unpinned {
         return Err(fail(format!(
-            "the policy {} pins no measurement, so any code in a genuine TEE would get the \
-             key; add a [measurements] entry or pass --allow-unpinned",
-            args.policy.display()
+            "the policy {} pins no code measurement ({}), so any code in a genuine TEE \
+             would get the key; add one under [measurements] or pass --allow-unpinned",
+            args.policy.display(),
+            CODE_MEASUREMENTS.join(", ")
         )));
     }
     let key = sealdb::read_key_file(&args.key_file)?;
+    let owner = read_owner_key(&args.owner_key)?;
     let mut tls = connect(&args.vault)?;
     let mut nonce = [0u8; NONCE_LEN];
     sealdb_crypto::fill_random(&mut nonce).map_err(|e| fail(e.to_string()))?;
@@ -129,7 +173,7 @@ pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
     tls.conn
         .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
         .map_err(|e| fail(format!("TLS exporter: {e}")))?;
-    let expected = binding(&spki, &nonce, &exporter);
+    let expected = binding(&spki, &nonce, &exporter, &owner.public_key());
     let endorsements = args.endorse.endorsements(format, &evidence)?;
     let claims = sealdb_attest::verify(
         &Evidence {
@@ -142,14 +186,15 @@ pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
         unix_now(),
     )
     .map_err(|reason| Failure(format!("refused to provision: {reason}"), 1))?;
-    send_key(&mut tls, key)?;
+    let signature = owner.sign(&owner_signed_message(&exporter, &nonce));
+    send_key(&mut tls, key, signature)?;
     Ok(claims)
 }
 
 /// Sends the master key and checks the vault's key-check value.
-fn send_key(tls: &mut Tls, key: SecretKey) -> Result<(), Failure> {
+fn send_key(tls: &mut Tls, key: SecretKey, signature: [u8; 64]) -> Result<(), Failure> {
     let check = AeadKey::new(&key);
-    write_message(tls, &Message::MasterKey(key)).map_err(wire)?;
+    write_message(tls, &Message::MasterKey { key, signature }).map_err(wire)?;
     match read_message(tls).map_err(wire)? {
         Message::KeyCheck { kcv } => check
             .verify_check_value(KEY_CHECK_AAD, &kcv)

@@ -521,14 +521,23 @@ fn attest_verify_sim_evidence_only_with_a_policy_that_allows_simulation() {
 struct VaultProcess {
     child: std::process::Child,
     addr: String,
+    /// The simulated platform key it names in its banner.
+    platform_key: String,
 }
 
 impl VaultProcess {
-    fn start() -> VaultProcess {
+    /// A vault for `owner` (hex public key), with an engine socket if given.
+    fn start(owner: &str, socket: Option<&Path>) -> VaultProcess {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
-            .args(["vault", "serve", "--tee", "sim", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealdb"));
+        cmd.args(["vault", "serve", "--tee", "sim", "--listen", "127.0.0.1:0"])
+            .args(["--owner", owner]);
+        if let Some(s) = socket {
+            cmd.arg("--socket").arg(s);
+        }
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -536,8 +545,13 @@ impl VaultProcess {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("INSECURE simulation"), "{line}");
-        let addr = line.split_whitespace().nth(3).unwrap().to_string();
-        VaultProcess { child, addr }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let key_at = words.iter().position(|w| *w == "key").unwrap() + 1;
+        VaultProcess {
+            child,
+            addr: words[3].to_string(),
+            platform_key: words[key_at].trim_end_matches([')', ';']).to_string(),
+        }
     }
 }
 
@@ -546,6 +560,17 @@ impl Drop for VaultProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An owner signing key file in `dir` from `seed`, and its public key (hex).
+fn owner(dir: &Path, seed: u8) -> (std::path::PathBuf, String) {
+    let file = dir.join(format!("owner-{seed}.key"));
+    std::fs::write(&file, [seed; 32]).unwrap();
+    let public = ok(&["owner-pubkey", "--owner-key", p(&file)])
+        .trim()
+        .to_string();
+    assert_eq!(public.len(), 64);
+    (file, public)
 }
 
 /// A policy that allows simulation and pins the measurement of the `sealdb` binary (the
@@ -565,58 +590,109 @@ fn own_measurement() -> String {
     hex::encode(sealdb_attest::sim::measure(&bin))
 }
 
+/// `sealdb provision` with its arguments as owned strings.
+fn provision_args(vault: &str, key: &Path, owner_key: &Path, policy: &Path) -> Vec<String> {
+    [
+        "provision",
+        "--vault",
+        vault,
+        "--key-file",
+        p(key),
+        "--owner-key",
+        p(owner_key),
+        "--policy",
+        p(policy),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(a: &[String]) -> Output {
+    sealdb(&a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 #[test]
 fn provisioning_a_simulated_vault_over_attested_tls() {
     let tmp = tempfile::tempdir().unwrap();
-    let vault = VaultProcess::start();
+    let (owner_key, owner_pub) = owner(tmp.path(), 0x11);
+    let vault = VaultProcess::start(&owner_pub, None);
     let key = tmp.path().join("master.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     let status = |addr: &str| ok(&["vault", "status", "--vault", addr]);
     assert!(status(&vault.addr).contains("state=Unprovisioned tee=Sim"));
+    let args = |policy: &Path| provision_args(&vault.addr, &key, &owner_key, policy);
 
     // A policy that pins another binary: the key is not sent.
     let wrong = sim_policy(tmp.path(), &"00".repeat(48));
-    let args = |policy: &Path| {
-        vec![
-            "provision".to_string(),
-            "--vault".into(),
-            vault.addr.clone(),
-            "--key-file".into(),
-            p(&key).into(),
-            "--policy".into(),
-            p(policy).into(),
-        ]
-    };
-    let run = |a: &[String]| sealdb(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let out = run(&args(&wrong));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused to provision: policy refuses"));
+    assert!(stderr_of(&out).contains("refused to provision: policy refuses"));
     assert!(status(&vault.addr).contains("Unprovisioned"));
 
-    // A policy that pins nothing is refused before connecting.
+    // A policy that pins no code measurement is refused before connecting.
     let unpinned = tmp.path().join("unpinned.toml");
-    std::fs::write(&unpinned, "allow_insecure_simulation = true\n").unwrap();
+    std::fs::write(
+        &unpinned,
+        format!(
+            "allow_insecure_simulation = true\n[measurements]\nsim_platform_key = [\"{}\"]\n",
+            vault.platform_key
+        ),
+    )
+    .unwrap();
     let out = run(&args(&unpinned));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pins no measurement"));
+    assert!(
+        stderr_of(&out).contains("pins no code measurement"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(status(&vault.addr).contains("Unprovisioned"));
 
     // The right measurement: provisioned, and the claims are those of the evidence.
     let right = sim_policy(tmp.path(), &own_measurement());
     let out = run(&args(&right));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("provisioned: the vault holds the master key"));
     assert!(stdout.contains(&own_measurement()));
+    assert!(stdout.contains(&vault.platform_key));
     assert!(status(&vault.addr).contains("state=Provisioned"));
     // The same key again is a retry; another key is refused.
     assert!(run(&args(&right)).status.success());
     std::fs::write(&key, [8u8; 32]).unwrap();
     let out = run(&args(&right));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already provisioned with another"));
+    assert!(stderr_of(&out).contains("already provisioned with another"));
+}
+
+/// Only the owner the vault was started for can provision it: a stranger who reaches the
+/// port first is refused (the vault stays unprovisioned), and an owner who finds a vault
+/// started for someone else refuses to send the key (the evidence binds the vault's owner).
+#[test]
+fn only_the_vaults_owner_can_provision_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner_key, owner_pub) = owner(tmp.path(), 0x11);
+    let (stranger_key, _) = owner(tmp.path(), 0x22);
+    let vault = VaultProcess::start(&owner_pub, None);
+    let key = tmp.path().join("master.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let policy = sim_policy(tmp.path(), &own_measurement());
+    // The stranger's client computes the binding with its own key: it sees a vault that is
+    // not for it and refuses; the vault would refuse its signature anyway.
+    let out = run(&provision_args(&vault.addr, &key, &stranger_key, &policy));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("report_data does not match"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(ok(&["vault", "status", "--vault", &vault.addr]).contains("Unprovisioned"));
+    // The owner, after that, provisions as usual.
+    let out = run(&provision_args(&vault.addr, &key, &owner_key, &policy));
+    assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
 /// A relay that terminates TLS with its own key and forwards the owner's challenge to the
@@ -626,7 +702,9 @@ fn provisioning_a_simulated_vault_over_attested_tls() {
 fn a_relay_between_owner_and_vault_is_refused() {
     use sealdb_crypto::tls::{rustls, TlsIdentity};
     use sealdb_vault_proto::{read_message, write_message, Message};
-    let vault = VaultProcess::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner_key, owner_pub) = owner(tmp.path(), 0x11);
+    let vault = VaultProcess::start(&owner_pub, None);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let relay_addr = listener.local_addr().unwrap().to_string();
     let upstream_addr = vault.addr.clone();
@@ -647,31 +725,22 @@ fn a_relay_between_owner_and_vault_is_refused() {
         // master key ever came through.
         let mut saw_key = false;
         while let Ok(m) = read_message(&mut owner) {
-            saw_key |= matches!(m, Message::MasterKey(_));
+            saw_key |= matches!(m, Message::MasterKey { .. });
             write_message(&mut up, &m).unwrap();
             let reply = read_message(&mut up).unwrap();
             write_message(&mut owner, &reply).unwrap();
         }
         saw_key
     });
-    let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("master.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     let policy = sim_policy(tmp.path(), &own_measurement());
-    let out = sealdb(&[
-        "provision",
-        "--vault",
-        &relay_addr,
-        "--key-file",
-        p(&key),
-        "--policy",
-        p(&policy),
-    ]);
+    let out = run(&provision_args(&relay_addr, &key, &owner_key, &policy));
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("report_data does not match"),
+        stderr_of(&out).contains("report_data does not match"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr_of(&out)
     );
     assert!(
         !relay.join().unwrap(),
@@ -684,76 +753,60 @@ fn a_relay_between_owner_and_vault_is_refused() {
 fn a_store_in_vault_key_mode_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("vault.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
-        .args([
-            "vault",
-            "serve",
-            "--tee",
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--socket",
-        ])
-        .arg(&socket)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let vault = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("engine socket"), "{line}");
-        VaultProcess {
-            addr: line.split_whitespace().nth(3).unwrap().to_string(),
-            child,
-        }
-    };
+    let (owner_key, owner_pub) = owner(tmp.path(), 0x11);
+    let vault = VaultProcess::start(&owner_pub, Some(&socket));
     let dir = tmp.path().join("store");
-    let store = ["--dir", p(&dir), "--vault-socket", p(&socket)];
-    let with = |cmd: &[&'static str]| -> Vec<String> {
+    let with = |cmd: &[&str]| -> Vec<String> {
         cmd.iter()
-            .chain(store.iter())
+            .chain(["--dir", p(&dir), "--vault-socket", p(&socket)].iter())
             .map(|s| s.to_string())
             .collect()
     };
-    let sealdb = |a: Vec<String>| sealdb(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let ok = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let ok_run = |a: &[String]| {
+        let out = run(a);
+        assert!(out.status.success(), "{a:?}: {}", stderr_of(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
     // Before provisioning the vault refuses, and no store is created.
-    let out = sealdb(with(&["init"]));
+    let out = run(&with(&["init"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not provisioned"));
+    assert!(stderr_of(&out).contains("not provisioned"));
     assert!(!dir.join("KEYREGISTRY").exists());
     let key = tmp.path().join("master.key");
     std::fs::write(&key, [9u8; 32]).unwrap();
     let policy = sim_policy(tmp.path(), &own_measurement());
-    let provision = [
-        "provision",
-        "--vault",
-        &vault.addr,
-        "--key-file",
-        p(&key),
-        "--policy",
-    ];
-    ok([&provision[..], &[p(&policy)]]
-        .concat()
-        .iter()
-        .map(|s| s.to_string())
-        .collect());
-    ok(with(&["init"]));
-    ok(with(&["put", "k", "v"]));
-    ok(with(&["keys", "rotate"]));
-    ok(with(&["put", "k2", "v2"]));
-    assert_eq!(ok(with(&["get", "k"])).trim(), "v");
+    ok_run(&provision_args(&vault.addr, &key, &owner_key, &policy));
+    ok_run(&with(&["init"]));
+    ok_run(&with(&["put", "k", "v"]));
+    ok_run(&with(&["keys", "rotate"]));
+    ok_run(&with(&["put", "k2", "v2"]));
+    assert_eq!(ok_run(&with(&["get", "k"])).trim(), "v");
     // The vault and host mode share the master-key format: the owner's key file opens it.
-    let host = ["get", "k2", "--dir", p(&dir), "--key-file", p(&key)];
     assert_eq!(
-        ok(host.iter().map(|s| s.to_string()).collect()).trim(),
+        ok(&["get", "k2", "--dir", p(&dir), "--key-file", p(&key)]).trim(),
         "v2"
     );
     drop(vault);
-    let out = sealdb(with(&["get", "k"]));
+    let out = run(&with(&["get", "k"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("key provider: vault at"));
+    assert!(stderr_of(&out).contains("key provider: vault at"));
+
+    // A vault restarted and provisioned with another master key: the store refuses it as
+    // the wrong key, not as an outage.
+    let other = VaultProcess::start(&owner_pub, Some(&socket));
+    let other_key = tmp.path().join("other.key");
+    std::fs::write(&other_key, [10u8; 32]).unwrap();
+    ok_run(&provision_args(
+        &other.addr,
+        &other_key,
+        &owner_key,
+        &policy,
+    ));
+    let out = run(&with(&["get", "k"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("wrong master key"),
+        "{}",
+        stderr_of(&out)
+    );
 }

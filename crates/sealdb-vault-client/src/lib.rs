@@ -25,10 +25,17 @@ use sealdb_vault_proto::{read_message, write_message, Message};
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Associated data of the key-check value that pins the vault's master key for the life of
+/// a provider.
+const IDENTITY_AAD: &[u8] = b"sealdb-vault-client identity v1";
+
 /// A [`KeyProvider`] backed by a vault.
 pub struct VaultKeyProvider {
     path: PathBuf,
     conn: Mutex<Option<UnixStream>>,
+    /// A key-check value of the vault's master key, made at connect: every reconnection
+    /// must verify it, so a vault restarted with another key is never used.
+    identity: Vec<u8>,
 }
 
 impl std::fmt::Debug for VaultKeyProvider {
@@ -40,15 +47,29 @@ impl std::fmt::Debug for VaultKeyProvider {
 }
 
 impl VaultKeyProvider {
-    /// Connects to the vault's engine socket and checks that it answers.
+    /// Connects to the vault's engine socket: the socket must belong to this user and the
+    /// vault must be provisioned. Its master key is pinned for the life of the provider.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
-        let p = VaultKeyProvider {
+        let mut p = VaultKeyProvider {
             path: path.as_ref().to_path_buf(),
             conn: Mutex::new(None),
+            identity: Vec::new(),
         };
-        let mut guard = p.lock();
-        *guard = Some(p.open()?);
-        drop(guard);
+        let mut stream = p.open()?;
+        let reply = write_message(
+            &mut stream,
+            &Message::MakeCheckValue {
+                aad: IDENTITY_AAD.to_vec(),
+            },
+        )
+        .and_then(|_| read_message(&mut stream))
+        .map_err(|e| p.fail(e))?;
+        p.identity = match reply {
+            Message::Bytes { data } => data,
+            Message::Error { message } => return Err(p.fail(message)),
+            other => return Err(p.unexpected("MakeCheckValue", &other)),
+        };
+        *p.lock() = Some(stream);
         Ok(p)
     }
 
@@ -63,12 +84,42 @@ impl VaultKeyProvider {
         Error::KeyProvider(format!("vault at {}: {detail}", self.path.display()))
     }
 
+    /// A connection to a socket served by a process of this user.
     fn open(&self) -> Result<UnixStream> {
         let s = UnixStream::connect(&self.path).map_err(|e| self.fail(e))?;
+        let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| self.fail(e))?;
+        if cred.uid != rustix::process::geteuid() {
+            return Err(self.fail(format!(
+                "the socket is served by user {}, not this user",
+                cred.uid.as_raw()
+            )));
+        }
         s.set_read_timeout(Some(TIMEOUT))
             .and_then(|_| s.set_write_timeout(Some(TIMEOUT)))
             .map_err(|e| self.fail(e))?;
         Ok(s)
+    }
+
+    /// A new connection, checked to reach a vault with the same master key as at connect.
+    fn reopen(&self) -> Result<UnixStream> {
+        let mut s = self.open()?;
+        let reply = write_message(
+            &mut s,
+            &Message::VerifyCheckValue {
+                aad: IDENTITY_AAD.to_vec(),
+                kcv: self.identity.clone(),
+            },
+        )
+        .and_then(|_| read_message(&mut s))
+        .map_err(|e| self.fail(e))?;
+        match reply {
+            Message::Verdict { ok: true } => Ok(s),
+            Message::Verdict { ok: false } => {
+                Err(self.fail("the vault now holds another master key; refusing to use it"))
+            }
+            Message::Error { message } => Err(self.fail(message.escape_debug())),
+            other => Err(self.unexpected("VerifyCheckValue", &other)),
+        }
     }
 
     /// Sends one request and returns the reply; reconnects once if the connection broke
@@ -78,14 +129,14 @@ impl VaultKeyProvider {
         let mut last = None;
         for _ in 0..2 {
             if guard.is_none() {
-                *guard = Some(self.open()?);
+                *guard = Some(self.reopen()?);
             }
             let Some(stream) = guard.as_mut() else {
                 continue;
             };
             let reply = write_message(stream, request).and_then(|_| read_message(stream));
             match reply {
-                Ok(Message::Error { message }) => return Err(self.fail(message)),
+                Ok(Message::Error { message }) => return Err(self.fail(message.escape_debug())),
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     *guard = None;

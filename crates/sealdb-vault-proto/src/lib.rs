@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | 1 | [`Message::Challenge`] | owner → vault | nonce (32 bytes) |
 //! | 2 | [`Message::Evidence`] | vault → owner | format code (u8: 1 sgx, 2 tdx, 3 snp, 4 nitro, 5 sim) ‖ evidence |
-//! | 3 | [`Message::MasterKey`] | owner → vault | the master key (32 bytes) |
+//! | 3 | [`Message::MasterKey`] | owner → vault | the master key (32 bytes) ‖ the owner's Ed25519 signature (64 bytes, see [`owner_signed_message`]) |
 //! | 4 | [`Message::KeyCheck`] | vault → owner | key-check value (at most 256 bytes) |
 //! | 5 | [`Message::StatusRequest`] | owner → vault | empty |
 //! | 6 | [`Message::Status`] | vault → owner | state (u8: 0 unprovisioned, 1 provisioned) ‖ format code of its TEE |
@@ -30,12 +30,15 @@
 //!
 //! The exchange ([`binding`]): after the TLS 1.3 handshake the owner sends a fresh nonce;
 //! the vault answers with evidence whose 64-byte report_data is
-//! `SHA-512(BINDING_LABEL ‖ len(spki) (u32 BE) ‖ spki ‖ nonce ‖ exporter)`, where `spki` is
-//! the DER SubjectPublicKeyInfo of the vault's TLS certificate and `exporter` 32 bytes of the
-//! TLS exporter with label [`EXPORTER_LABEL`] and no context. The owner computes the same
-//! value from its own view of the connection and requires the evidence to bind exactly it,
-//! so the evidence proves that the TEE holds this connection's TLS key, now. Only then does it
-//! send the master key.
+//! `SHA-512(BINDING_LABEL ‖ len(spki) (u32 BE) ‖ spki ‖ nonce ‖ exporter ‖ owner)`, where
+//! `spki` is the DER SubjectPublicKeyInfo of the vault's TLS certificate, `exporter` 32 bytes
+//! of the TLS exporter with label [`EXPORTER_LABEL`] and no context, and `owner` the Ed25519
+//! public key of the owner the vault was started for. The owner computes the same value from
+//! its own view of the connection and requires the evidence to bind exactly it, so the
+//! evidence proves that the TEE holds this connection's TLS key, now, and will take a key
+//! only from this owner. Only then does it send the master key, signed with its owner key
+//! over the same connection's exporter and nonce; the vault refuses a key without that
+//! signature, so nobody else can provision it first.
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +56,8 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-sealdb-provision-v1";
 /// Domain separation of the binding hash.
 pub const BINDING_LABEL: &[u8] = b"sealdb ra-tls binding v1";
+/// Domain separation of the owner's signature on the master-key message.
+pub const OWNER_SIGNATURE_LABEL: &[u8] = b"sealdb owner provisions v1";
 /// The associated data of the key-check value the vault returns after provisioning
 /// (`sealdb_crypto::AeadKey::check_value`).
 pub const KEY_CHECK_AAD: &[u8] = b"sealdb-vault key-check v1";
@@ -148,8 +153,14 @@ pub enum Message {
         /// The evidence bytes.
         evidence: Vec<u8>,
     },
-    /// The master key, sent only after the evidence verified.
-    MasterKey(SecretKey),
+    /// The master key, sent only after the evidence verified, with the owner's signature
+    /// over [`owner_signed_message`] of this connection.
+    MasterKey {
+        /// The master key.
+        key: SecretKey,
+        /// Ed25519 signature by the owner's key.
+        signature: [u8; 64],
+    },
     /// The vault's key-check value of the master key it now holds.
     KeyCheck {
         /// See `sealdb_crypto::AeadKey::check_value`.
@@ -242,7 +253,7 @@ impl Message {
         match self {
             Message::Challenge { .. } => "Challenge",
             Message::Evidence { .. } => "Evidence",
-            Message::MasterKey(_) => "MasterKey",
+            Message::MasterKey { .. } => "MasterKey",
             Message::KeyCheck { .. } => "KeyCheck",
             Message::StatusRequest => "StatusRequest",
             Message::Status { .. } => "Status",
@@ -290,9 +301,32 @@ fn format_of(code: u8) -> Result<Format, ProtoError> {
     })
 }
 
-/// The frame of `msg`, length prefix included. Zeroized on drop (it may hold the key).
-pub fn encode(msg: &Message) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(vec![0u8; 4]);
+/// The frame of `msg`, length prefix included, or an error if it would exceed
+/// [`MAX_FRAME`]. Zeroized on drop (it may hold a key); allocated once, so no copy of a key
+/// is left behind by a reallocation.
+pub fn encode(msg: &Message) -> Result<Zeroizing<Vec<u8>>, ProtoError> {
+    let variable = match msg {
+        Message::Evidence { evidence, .. } => evidence.len(),
+        Message::KeyCheck { kcv } => kcv.len(),
+        Message::Error { message } => message.len(),
+        Message::MakeCheckValue { aad } | Message::NewDataKey { aad } => aad.len(),
+        Message::VerifyCheckValue { aad, kcv } => aad.len() + kcv.len(),
+        Message::UnwrapDataKey { aad, wrapped } => aad.len() + wrapped.len(),
+        Message::WrapDataKey { aad, .. } => aad.len(),
+        Message::Authenticate { data } | Message::Bytes { data } => data.len(),
+        Message::VerifyTag { data, tag } => data.len() + tag.len(),
+        Message::DataKey { wrapped, .. } => wrapped.len(),
+        _ => 0,
+    };
+    // Header, a pair's length prefix, and the fixed fields (at most a key and a signature).
+    let capacity = 6 + 4 + variable + 96;
+    if capacity - 4 > MAX_FRAME + 100 {
+        return Err(ProtoError::FrameLength {
+            len: capacity as u64,
+        });
+    }
+    let mut body = Zeroizing::new(Vec::with_capacity(capacity));
+    body.extend_from_slice(&[0u8; 4]);
     body.push(VERSION);
     match msg {
         Message::Challenge { nonce } => {
@@ -304,9 +338,10 @@ pub fn encode(msg: &Message) -> Zeroizing<Vec<u8>> {
             body.push(format_code(*format));
             body.extend_from_slice(evidence);
         }
-        Message::MasterKey(key) => {
+        Message::MasterKey { key, signature } => {
             body.push(3);
             body.extend_from_slice(key.danger_export());
+            body.extend_from_slice(signature);
         }
         Message::KeyCheck { kcv } => {
             body.push(4);
@@ -377,9 +412,12 @@ pub fn encode(msg: &Message) -> Zeroizing<Vec<u8>> {
             }
         }
     }
-    let len = u32::try_from(body.len() - 4).unwrap_or(u32::MAX);
-    body[..4].copy_from_slice(&len.to_be_bytes());
-    body
+    let len = body.len() - 4;
+    if len > MAX_FRAME {
+        return Err(ProtoError::FrameLength { len: len as u64 });
+    }
+    body[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(body)
 }
 
 /// Appends `len(a) (u32 BE) ‖ a ‖ b`.
@@ -454,13 +492,14 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtoError> {
             }
         }
         3 => {
-            exact("MasterKey", "32", sealdb_crypto::KEY_LEN)?;
-            let key = SecretKey::from_slice(payload).map_err(|_| ProtoError::PayloadLength {
-                what: "MasterKey",
-                expected: "32",
-                got: payload.len(),
-            })?;
-            Message::MasterKey(key)
+            exact("MasterKey", "96", sealdb_crypto::KEY_LEN + 64)?;
+            let (key, sig) = payload.split_at(sealdb_crypto::KEY_LEN);
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(sig);
+            Message::MasterKey {
+                key: key_of("MasterKey", key)?,
+                signature,
+            }
         }
         4 => {
             if payload.len() > MAX_KCV {
@@ -584,7 +623,7 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtoError> {
 
 /// Writes one message and flushes.
 pub fn write_message(w: &mut impl Write, msg: &Message) -> Result<(), ProtoError> {
-    w.write_all(&encode(msg))?;
+    w.write_all(&encode(msg)?)?;
     w.flush()?;
     Ok(())
 }
@@ -597,20 +636,54 @@ pub fn read_message(r: &mut impl Read) -> Result<Message, ProtoError> {
     if !(2..=MAX_FRAME).contains(&len) {
         return Err(ProtoError::FrameLength { len: len as u64 });
     }
-    let mut body = Zeroizing::new(vec![0u8; len]);
-    r.read_exact(&mut body)?;
+    // Grows as bytes arrive, so a peer that announces a large frame and sends nothing
+    // holds no large buffer. Reserved whole first: no reallocation leaves key bytes behind.
+    let mut body = Zeroizing::new(Vec::new());
+    body.try_reserve_exact(len.min(64 * 1024))
+        .map_err(|_| ProtoError::FrameLength { len: len as u64 })?;
+    let mut limited = r.take(len as u64);
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    while body.len() < len {
+        let n = limited.read(&mut chunk[..])?;
+        if n == 0 {
+            return Err(ProtoError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        if body.len() + n > body.capacity() {
+            // Move to a buffer of the full size, wiping the old one.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(len));
+            bigger.extend_from_slice(&body);
+            body = bigger;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
     decode(&body)
 }
 
-/// The report_data that binds evidence to a TLS session (see the crate documentation).
-pub fn binding(spki: &[u8], nonce: &[u8; NONCE_LEN], exporter: &[u8; EXPORTER_LEN]) -> [u8; 64] {
-    let mut m = Vec::with_capacity(BINDING_LABEL.len() + 4 + spki.len() + 64);
+/// The report_data that binds evidence to a TLS session and an owner (see the crate
+/// documentation).
+pub fn binding(
+    spki: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    exporter: &[u8; EXPORTER_LEN],
+    owner: &[u8; 32],
+) -> [u8; 64] {
+    let mut m = Vec::with_capacity(BINDING_LABEL.len() + 4 + spki.len() + 96);
     m.extend_from_slice(BINDING_LABEL);
     m.extend_from_slice(&u32::try_from(spki.len()).unwrap_or(u32::MAX).to_be_bytes());
     m.extend_from_slice(spki);
     m.extend_from_slice(nonce);
     m.extend_from_slice(exporter);
+    m.extend_from_slice(owner);
     sealdb_crypto::sha512(&m)
+}
+
+/// What the owner signs to provision a vault on one connection:
+/// `OWNER_SIGNATURE_LABEL ‖ exporter ‖ nonce`.
+pub fn owner_signed_message(exporter: &[u8; EXPORTER_LEN], nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut m = OWNER_SIGNATURE_LABEL.to_vec();
+    m.extend_from_slice(exporter);
+    m.extend_from_slice(nonce);
+    m
 }
 
 /// The DER SubjectPublicKeyInfo of a DER certificate.
@@ -641,7 +714,7 @@ mod tests {
     use super::*;
 
     fn round_trip(msg: &Message) -> Message {
-        let bytes = encode(msg);
+        let bytes = encode(msg).unwrap();
         let mut r = &bytes[..];
         let back = read_message(&mut r).unwrap();
         assert!(r.is_empty());
@@ -660,10 +733,23 @@ mod tests {
             matches!(m, Message::Evidence { format: Format::Snp, ref evidence } if evidence == &[1, 2, 3])
         );
         let key = SecretKey::from_slice(&[7; 32]).unwrap();
-        let Message::MasterKey(back) = round_trip(&Message::MasterKey(key)) else {
+        let Message::MasterKey {
+            key: back,
+            signature,
+        } = round_trip(&Message::MasterKey {
+            key,
+            signature: [8; 64],
+        })
+        else {
             panic!("not a key")
         };
         assert!(back.ct_eq(&SecretKey::from_slice(&[7; 32]).unwrap()));
+        assert_eq!(signature, [8; 64]);
+        // Too large to send.
+        assert!(encode(&Message::Bytes {
+            data: vec![0; MAX_FRAME]
+        })
+        .is_err());
         let m = round_trip(&Message::KeyCheck { kcv: vec![5; 44] });
         assert!(matches!(m, Message::KeyCheck { ref kcv } if kcv == &[5; 44]));
         assert!(matches!(
@@ -757,6 +843,11 @@ mod tests {
         assert!(err(&[0, 0, 0, 2, 2, 1]).contains("version 2"));
         assert!(err(&[0, 0, 0, 2, 1, 99]).contains("unknown message type 99"));
         assert!(err(&[0, 0, 0, 3, 1, 1, 0]).contains("Challenge: payload of 1 bytes"));
+        assert!(err(&[
+            0, 0, 0, 34, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0
+        ])
+        .contains("MasterKey: payload of 32 bytes"));
         assert!(err(&[0, 0, 0, 3, 1, 2, 9]).contains("evidence format: unknown code 9"));
         assert!(err(&[0, 0, 0, 4, 1, 6, 3, 5]).contains("vault state: unknown code 3"));
         assert!(err(&[0, 0, 0, 3, 1, 7, 0xff]).contains("UTF-8"));
@@ -766,19 +857,22 @@ mod tests {
 
     #[test]
     fn the_binding_covers_every_input() {
-        let b = binding(b"spki", &[1; 32], &[2; 32]);
-        assert_ne!(b, binding(b"spkj", &[1; 32], &[2; 32]));
-        assert_ne!(b, binding(b"spki", &[3; 32], &[2; 32]));
-        assert_ne!(b, binding(b"spki", &[1; 32], &[3; 32]));
+        let o = [9; 32];
+        let b = binding(b"spki", &[1; 32], &[2; 32], &o);
+        assert_ne!(b, binding(b"spkj", &[1; 32], &[2; 32], &o));
+        assert_ne!(b, binding(b"spki", &[3; 32], &[2; 32], &o));
+        assert_ne!(b, binding(b"spki", &[1; 32], &[3; 32], &o));
+        assert_ne!(b, binding(b"spki", &[1; 32], &[2; 32], &[8; 32]));
         // The length prefix keeps spki and nonce apart.
         let mut long = b"spki".to_vec();
         long.push(1);
-        assert_ne!(b, binding(&long, &[1; 32], &[2; 32]));
+        assert_ne!(b, binding(&long, &[1; 32], &[2; 32], &o));
         let mut m = BINDING_LABEL.to_vec();
         m.extend_from_slice(&[0, 0, 0, 4]);
         m.extend_from_slice(b"spki");
         m.extend_from_slice(&[1; 32]);
         m.extend_from_slice(&[2; 32]);
+        m.extend_from_slice(&o);
         assert_eq!(b, sealdb_crypto::sha512(&m));
     }
 
@@ -789,8 +883,17 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let len = (x % 64) as usize;
-            let data: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+            let len = (x % 128) as usize;
+            let mut data: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+            // Half of the inputs get a valid header: length, version 1, a known type.
+            if x.is_multiple_of(2) && len >= 6 {
+                let types = [
+                    1u8, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 32, 33, 34, 35,
+                ];
+                data[..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
+                data[4] = VERSION;
+                data[5] = types[(x >> 8) as usize % types.len()];
+            }
             fuzzing::frames(&data);
         }
     }

@@ -16,8 +16,13 @@
 //! ([`sealdb_crypto::MasterKey`]). The socket is owner-only (0600) and the vault serves only
 //! peers of its own user id.
 //!
-//! Not here yet: master key rotation inside the vault, sealing, the `vault-sealed` mode, and
-//! evidence producers for TDX/SEV-SNP (configfs-tsm) and Nitro.
+//! The vault takes a master key only from the owner it was started for: the owner's Ed25519
+//! public key is part of its configuration (measured, in a real TEE), is bound into every
+//! evidence, and must have signed the master-key message for this connection.
+//!
+//! Evidence producers: simulated (feature `sim`), SGX under Gramine, TDX and SEV-SNP through
+//! configfs-tsm. Not here yet: Nitro, master key rotation inside the vault, sealing, the
+//! `vault-sealed` mode.
 #![forbid(unsafe_code)]
 
 mod local;
@@ -56,6 +61,22 @@ pub fn tee_by_name(name: &str, dir: Option<&str>) -> Result<Box<dyn Tee>, VaultE
     }
 }
 
+/// The owner's Ed25519 public key from 64 hex digits.
+pub fn parse_owner(hex_key: &str) -> Result<[u8; 32], VaultError> {
+    let t = hex_key.trim();
+    let mut out = [0u8; 32];
+    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(VaultError::Protocol(
+            "the owner key must be 64 hex digits (an Ed25519 public key)".into(),
+        ));
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
+            .map_err(|_| VaultError::Protocol("the owner key is not hex".into()))?;
+    }
+    Ok(out)
+}
+
 /// What went wrong in the vault. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +84,9 @@ pub enum VaultError {
     /// The TEE could not produce evidence.
     #[error("TEE: {0}")]
     Tee(String),
+    /// The master key is not signed by the owner the vault was started for.
+    #[error("refused: the master key is not signed by this vault's owner")]
+    NotOwner,
     /// The vault already holds another master key.
     #[error("already provisioned with another master key")]
     AlreadyProvisioned,
@@ -83,16 +107,18 @@ enum State {
     Provisioned(Box<Held>),
 }
 
-/// The master key as given, and ready for use.
+/// The master key, ready for use, and its key-check value (to recognise a retry with the
+/// same key without keeping a second copy of it).
 struct Held {
-    key: SecretKey,
     master: MasterKey,
+    check: Vec<u8>,
 }
 
 /// The key-holding state machine, shared by all connections.
 pub struct Vault {
     state: Mutex<State>,
     tee: Box<dyn Tee>,
+    owner: [u8; 32],
 }
 
 impl std::fmt::Debug for Vault {
@@ -105,12 +131,20 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// An unprovisioned vault whose evidence comes from `tee`.
-    pub fn new(tee: Box<dyn Tee>) -> Self {
+    /// An unprovisioned vault whose evidence comes from `tee`, that takes a master key only
+    /// from `owner` (an Ed25519 public key). In a TEE the owner key must be part of what is
+    /// measured (Gramine: `loader.argv`), so the evidence vouches for it.
+    pub fn new(tee: Box<dyn Tee>, owner: [u8; 32]) -> Self {
         Vault {
             state: Mutex::new(State::Unprovisioned),
             tee,
+            owner,
         }
+    }
+
+    /// The owner's public key.
+    pub fn owner(&self) -> &[u8; 32] {
+        &self.owner
     }
 
     /// The TEE.
@@ -131,20 +165,34 @@ impl Vault {
         matches!(*self.lock(), State::Provisioned(_))
     }
 
-    /// Takes the master key and returns its key-check value. Sending the same key again is
-    /// accepted (a retry); another key is refused.
-    pub fn provision(&self, key: SecretKey) -> Result<Vec<u8>, VaultError> {
+    /// Takes the master key, if `signature` is the owner's over `signed` (the connection's
+    /// [`sealdb_vault_proto::owner_signed_message`]), and returns a key-check value.
+    /// Sending the same key again is accepted (a retry); another key is refused.
+    pub fn provision(
+        &self,
+        key: SecretKey,
+        signed: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<Vec<u8>, VaultError> {
+        if sealdb_crypto::verify_ed25519(&self.owner, signed, signature).is_err() {
+            return Err(VaultError::NotOwner);
+        }
+        let master = MasterKey::new(&key);
+        drop(key);
         let mut state = self.lock();
         if let State::Provisioned(held) = &*state {
-            if !held.key.ct_eq(&key) {
+            if !master.verify_check_value(sealdb_vault_proto::KEY_CHECK_AAD, &held.check) {
                 return Err(VaultError::AlreadyProvisioned);
             }
         }
-        let master = MasterKey::new(&key);
+        let crypto = |e: sealdb_crypto::CryptoError| VaultError::Crypto(e.to_string());
+        let check = master
+            .check_value(sealdb_vault_proto::KEY_CHECK_AAD)
+            .map_err(crypto)?;
         let kcv = master
             .check_value(sealdb_vault_proto::KEY_CHECK_AAD)
-            .map_err(|e| VaultError::Crypto(e.to_string()))?;
-        *state = State::Provisioned(Box::new(Held { key, master }));
+            .map_err(crypto)?;
+        *state = State::Provisioned(Box::new(Held { master, check }));
         Ok(kcv)
     }
 

@@ -10,6 +10,9 @@ use sealdb_vault_proto::{read_message, write_message, Message, ProtoError};
 
 use crate::{Vault, VaultError};
 
+/// Engine connections served at once.
+const MAX_ENGINES: usize = 64;
+
 /// A bound engine socket.
 #[derive(Debug)]
 pub struct LocalServer {
@@ -40,7 +43,11 @@ impl LocalServer {
             }
             std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| err("cannot listen on", e))?;
+        // Created owner-only (umask), so there is no moment another user could connect.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(old);
+        let listener = bound.map_err(|e| err("cannot listen on", e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| err("setting permissions of", e))?;
         Ok(LocalServer {
@@ -55,22 +62,35 @@ impl LocalServer {
         &self.path
     }
 
-    /// Serves engine connections until the process ends.
+    /// Serves engine connections until the process ends (at most 64 at once).
     pub fn run(self) {
         let me = rustix::process::geteuid();
         let vault = self.vault;
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in self.listener.incoming() {
-            let Ok(stream) = stream else { continue };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(_) => {
+                    crate::server::accept_backoff();
+                    continue;
+                }
+            };
             // Only processes of the vault's own user: the socket's mode already says so,
             // the peer's credentials make sure.
             match rustix::net::sockopt::socket_peercred(&stream) {
                 Ok(cred) if cred.uid == me => {}
-                _ => continue,
+                _ => {
+                    eprintln!("sealdb-vault: engine socket: a peer of another user refused");
+                    continue;
+                }
             }
             let vault = vault.clone();
-            std::thread::spawn(move || {
+            let accepted = crate::server::spawn_bounded(&running, MAX_ENGINES, move || {
                 let _ = serve_engine(stream, &vault);
             });
+            if !accepted {
+                eprintln!("sealdb-vault: engine socket: too many connections; one refused");
+            }
         }
     }
 }

@@ -6,14 +6,80 @@ use std::time::Duration;
 
 use sealdb_crypto::tls::{rustls, TlsIdentity};
 use sealdb_vault_proto::{
-    binding, read_message, spki_of_certificate, write_message, Message, ProtoError, VaultState,
-    EXPORTER_LABEL, EXPORTER_LEN,
+    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Message,
+    ProtoError, VaultState, EXPORTER_LABEL, EXPORTER_LEN,
 };
 
 use crate::{Vault, VaultError};
 
-/// How long a connection may stay silent.
-const IDLE: Duration = Duration::from_secs(60);
+/// How long one provisioning connection may last in all.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// Provisioning connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Spawns `work` on a thread if fewer than `max` are running under `count`; otherwise (or if
+/// the thread cannot be made) drops it. Never panics the accepting thread.
+pub(crate) fn spawn_bounded(
+    count: &Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+    work: impl FnOnce() + Send + 'static,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    if count.fetch_add(1, Ordering::AcqRel) >= max {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    let c = count.clone();
+    let spawned = std::thread::Builder::new().spawn(move || {
+        work();
+        c.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
+/// After a failed accept (e.g. out of file descriptors), wait a little instead of spinning.
+pub(crate) fn accept_backoff() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Reads and writes on `tcp` fail once `deadline` has passed, however slowly the peer sends.
+struct Deadline {
+    tcp: TcpStream,
+    until: std::time::Instant,
+}
+
+impl Deadline {
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self
+            .until
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(std::io::ErrorKind::TimedOut)?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+}
+
+impl std::io::Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.read(buf)
+    }
+}
+
+impl std::io::Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
 
 /// A bound provisioning listener with its TLS identity.
 #[derive(Debug)]
@@ -46,30 +112,47 @@ impl Server {
             .map_err(|e| VaultError::Protocol(e.to_string()))
     }
 
-    /// Serves connections until the process ends.
+    /// Serves connections until the process ends: at most [`MAX_CONNECTIONS`] at once, each
+    /// for at most [`CONNECTION_DEADLINE`].
     pub fn run(self) {
         let shared = Arc::new(self);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in shared.listener.incoming() {
-            let Ok(tcp) = stream else { continue };
+            let tcp = match stream {
+                Ok(tcp) => tcp,
+                Err(_) => {
+                    accept_backoff();
+                    continue;
+                }
+            };
+            let peer = tcp
+                .peer_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
             let s = shared.clone();
-            std::thread::spawn(move || {
+            let accepted = spawn_bounded(&running, MAX_CONNECTIONS, move || {
                 // A failed connection affects only itself; the owner sees it as an error
                 // or a closed connection.
-                let _ = s.handle(tcp);
+                if let Err(e) = s.handle(tcp, &peer) {
+                    eprintln!("sealdb-vault: connection from {peer}: {e}");
+                }
             });
+            if !accepted {
+                eprintln!("sealdb-vault: too many connections; one refused");
+            }
         }
     }
 
-    fn handle(&self, tcp: TcpStream) -> Result<(), VaultError> {
-        tcp.set_read_timeout(Some(IDLE))
-            .and_then(|_| tcp.set_write_timeout(Some(IDLE)))
-            .map_err(ProtoError::Io)?;
+    fn handle(&self, tcp: TcpStream, peer: &str) -> Result<(), VaultError> {
         let conn = rustls::ServerConnection::new(self.identity.server_config())
             .map_err(|e| VaultError::Crypto(e.to_string()))?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        // Whether this connection has received evidence bound to it: a key is taken only
-        // on a connection the owner could have verified.
-        let mut attested = false;
+        let io = Deadline {
+            tcp,
+            until: std::time::Instant::now() + CONNECTION_DEADLINE,
+        };
+        let mut tls = rustls::StreamOwned::new(conn, io);
+        // The nonce and exporter of the evidence sent on this connection: a key is taken
+        // only on a connection the owner could have verified, signed for this connection.
+        let mut attested: Option<([u8; 32], [u8; EXPORTER_LEN])> = None;
         loop {
             let msg = match read_message(&mut tls) {
                 Ok(m) => m,
@@ -87,15 +170,19 @@ impl Server {
                 }
             };
             let reply = match msg {
+                Message::Challenge { .. } if attested.is_some() => Message::Error {
+                    message: "one challenge per connection".into(),
+                },
                 Message::Challenge { nonce } => {
                     let mut exporter = [0u8; EXPORTER_LEN];
                     tls.conn
                         .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
                         .map_err(|e| VaultError::Crypto(e.to_string()))?;
-                    let rd = binding(&self.spki, &nonce, &exporter);
+                    let rd = binding(&self.spki, &nonce, &exporter, self.vault.owner());
+                    eprintln!("sealdb-vault: challenge from {peer}");
                     match self.vault.tee().evidence(&rd) {
                         Ok(evidence) => {
-                            attested = true;
+                            attested = Some((nonce, exporter));
                             Message::Evidence {
                                 format: self.vault.tee().format(),
                                 evidence,
@@ -106,14 +193,25 @@ impl Server {
                         },
                     }
                 }
-                Message::MasterKey(key) if attested => match self.vault.provision(key) {
-                    Ok(kcv) => Message::KeyCheck { kcv },
-                    Err(e) => Message::Error {
-                        message: e.to_string(),
+                Message::MasterKey { key, signature } => match attested {
+                    Some((nonce, exporter)) => {
+                        let signed = owner_signed_message(&exporter, &nonce);
+                        match self.vault.provision(key, &signed, &signature) {
+                            Ok(kcv) => {
+                                eprintln!("sealdb-vault: provisioned by the owner from {peer}");
+                                Message::KeyCheck { kcv }
+                            }
+                            Err(e) => {
+                                eprintln!("sealdb-vault: master key from {peer} refused: {e}");
+                                Message::Error {
+                                    message: e.to_string(),
+                                }
+                            }
+                        }
+                    }
+                    None => Message::Error {
+                        message: "refused: a master key before evidence on this connection".into(),
                     },
-                },
-                Message::MasterKey(_) => Message::Error {
-                    message: "refused: a master key before evidence on this connection".into(),
                 },
                 Message::StatusRequest => Message::Status {
                     state: if self.vault.is_provisioned() {
@@ -151,17 +249,21 @@ pub fn serve(
     if let Some(l) = local {
         std::thread::spawn(move || l.run());
     }
-    let sim = server.vault.tee().is_simulated();
+    let tee = server.vault.tee();
+    let note = tee
+        .identity()
+        .map(|i| format!(", INSECURE simulation: not a TEE; {i}"))
+        .unwrap_or_default();
     println!(
-        "sealdb-vault listening on {bound} (tee: {:?}{}){socket_note}",
-        server.vault.tee().format(),
-        if sim {
-            ", INSECURE simulation: not a TEE"
-        } else {
-            ""
-        }
+        "sealdb-vault listening on {bound} (tee: {:?}{note}){socket_note}; owner {}",
+        tee.format(),
+        hex_of(server.vault.owner())
     );
     std::io::Write::flush(&mut std::io::stdout()).map_err(ProtoError::Io)?;
     server.run();
     Ok(())
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -12,9 +12,9 @@ pub trait Tee: Send + Sync {
     fn format(&self) -> Format;
     /// Evidence that binds `report_data`.
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, VaultError>;
-    /// Whether this is the insecure simulation.
-    fn is_simulated(&self) -> bool {
-        false
+    /// What identifies a simulated platform (its key), for the operator to pin.
+    fn identity(&self) -> Option<String> {
+        None
     }
 }
 
@@ -23,12 +23,18 @@ pub trait Tee: Send + Sync {
 #[derive(Debug)]
 pub struct GramineSgx {
     root: PathBuf,
+    /// The pseudo-files are per process: one request at a time, or two sessions' report
+    /// data could cross.
+    busy: std::sync::Mutex<()>,
 }
 
 impl GramineSgx {
     /// Gramine's attestation files under `root` (normally `/dev/attestation`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        GramineSgx { root: root.into() }
+        GramineSgx {
+            root: root.into(),
+            busy: std::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -41,6 +47,10 @@ impl Tee for GramineSgx {
         let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
             VaultError::Tee(format!("{what} {}: {e}", path.display()))
         };
+        let _one_at_a_time = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rd = self.root.join("user_report_data");
         std::fs::write(&rd, report_data).map_err(|e| io("writing", &rd, e))?;
         let q = self.root.join("quote");
@@ -123,10 +133,14 @@ impl Tee for ConfigfsTsm {
                     .map(|g| g.trim().to_string())
                     .map_err(io(path("generation")))
             };
+            // The kernel counts writes in `generation`: exactly one (ours) between reading
+            // it before and after, or another writer used the directory meanwhile.
+            let before: u64 = generation()?.parse().map_err(|_| {
+                VaultError::Tee(format!("{} is not a number", path("generation").display()))
+            })?;
             std::fs::write(path("inblob"), report_data).map_err(io(path("inblob")))?;
-            let before = generation()?;
             let out = std::fs::read(path("outblob")).map_err(io(path("outblob")))?;
-            if generation()? != before {
+            if generation()? != (before + 1).to_string() {
                 return Err(VaultError::Tee(format!(
                     "{} was written by another process during the request",
                     dir.display()
@@ -190,7 +204,13 @@ impl Tee for Simulated {
         Ok(self.platform.evidence(&self.measurement, report_data))
     }
 
-    fn is_simulated(&self) -> bool {
-        true
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "sim platform key {}",
+            self.platform_key()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
     }
 }

@@ -1,16 +1,24 @@
 //! The vault's state machine and wire behaviour, in-process over real TLS sockets.
 
+use std::process::Command;
 use std::sync::Arc;
 
 use sealdb_crypto::tls::rustls;
 use sealdb_crypto::SecretKey;
+use sealdb_crypto::SigningKey;
 use sealdb_vault::{GramineSgx, Server, Simulated, Tee, Vault};
-use sealdb_vault_proto::{read_message, write_message, Message, VaultState};
+use sealdb_vault_proto::{
+    owner_signed_message, read_message, write_message, Message, VaultState, EXPORTER_LABEL,
+};
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
+fn owner() -> SigningKey {
+    SigningKey::from_seed(&[0x11; 32]).unwrap()
+}
+
 fn start(tee: Box<dyn Tee>) -> (String, Arc<Vault>) {
-    let vault = Arc::new(Vault::new(tee));
+    let vault = Arc::new(Vault::new(tee, owner().public_key()));
     let server = Server::bind("127.0.0.1:0", vault.clone()).unwrap();
     let addr = server.local_addr().unwrap().to_string();
     std::thread::spawn(move || server.run());
@@ -35,32 +43,69 @@ fn key(b: u8) -> SecretKey {
     SecretKey::from_slice(&[b; 32]).unwrap()
 }
 
+/// The master key `b`, signed by `signer` for this connection and `nonce`.
+fn signed_key(tls: &Tls, b: u8, nonce: &[u8; 32], signer: &SigningKey) -> Message {
+    let mut exporter = [0u8; 32];
+    tls.conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+        .unwrap();
+    Message::MasterKey {
+        key: key(b),
+        signature: signer.sign(&owner_signed_message(&exporter, nonce)),
+    }
+}
+
 #[test]
-fn a_key_is_taken_only_after_evidence_on_the_same_connection() {
+fn a_key_is_taken_only_from_the_owner_after_evidence_on_the_same_connection() {
     let (addr, vault) = start(Box::new(Simulated::new().unwrap()));
     let mut c = connect(&addr);
-    let r = ask(&mut c, &Message::MasterKey(key(1)));
+    // Before any evidence on this connection: refused, whoever signs.
+    // (The handshake has not run yet, so there is no exporter to sign.)
+    let early = Message::MasterKey {
+        key: key(1),
+        signature: [0; 64],
+    };
+    let r = ask(&mut c, &early);
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("before evidence")),
+        "{r:?}"
+    );
+    // Evidence on another connection does not count for this one.
+    let mut other = connect(&addr);
+    let r = ask(&mut other, &Message::Challenge { nonce: [1; 32] });
+    assert!(matches!(r, Message::Evidence { .. }), "{r:?}");
+    let m = signed_key(&c, 1, &[1; 32], &owner());
+    let r = ask(&mut c, &m);
     assert!(
         matches!(r, Message::Error { ref message } if message.contains("before evidence")),
         "{r:?}"
     );
     assert!(!vault.is_provisioned());
-    // Evidence on another connection does not count for this one.
-    let mut other = connect(&addr);
-    assert!(matches!(
-        ask(&mut other, &Message::Challenge { nonce: [1; 32] }),
-        Message::Evidence { .. }
-    ));
-    assert!(matches!(
-        ask(&mut c, &Message::MasterKey(key(1))),
-        Message::Error { .. }
-    ));
-    // After a challenge on this connection the key is taken.
-    assert!(matches!(
-        ask(&mut c, &Message::Challenge { nonce: [2; 32] }),
-        Message::Evidence { .. }
-    ));
-    let r = ask(&mut c, &Message::MasterKey(key(1)));
+    // After a challenge here: a stranger's signature, or the owner's over another nonce, is
+    // refused; the owner's over this connection is taken.
+    let nonce = [2; 32];
+    let r = ask(&mut c, &Message::Challenge { nonce });
+    assert!(matches!(r, Message::Evidence { .. }), "{r:?}");
+    let stranger = SigningKey::from_seed(&[0x22; 32]).unwrap();
+    for (msg, why) in [
+        (signed_key(&c, 1, &nonce, &stranger), "stranger"),
+        (signed_key(&c, 1, &[3; 32], &owner()), "other nonce"),
+    ] {
+        let r = ask(&mut c, &msg);
+        assert!(
+            matches!(r, Message::Error { ref message } if message.contains("not signed by this vault's owner")),
+            "{why}: {r:?}"
+        );
+        assert!(!vault.is_provisioned(), "{why}");
+    }
+    // A second challenge on the same connection is refused.
+    let r = ask(&mut c, &Message::Challenge { nonce: [4; 32] });
+    assert!(
+        matches!(r, Message::Error { ref message } if message.contains("one challenge")),
+        "{r:?}"
+    );
+    let m = signed_key(&c, 1, &nonce, &owner());
+    let r = ask(&mut c, &m);
     let Message::KeyCheck { kcv } = r else {
         panic!("{r:?}")
     };
@@ -111,15 +156,20 @@ fn owner_messages_out_of_place_and_garbage_are_answered_with_errors() {
 
 #[test]
 fn provisioning_is_idempotent_for_the_same_key_only() {
-    let vault = Vault::new(Box::new(Simulated::new().unwrap()));
-    let a = vault.provision(key(3)).unwrap();
-    let b = vault.provision(key(3)).unwrap();
+    let vault = Vault::new(Box::new(Simulated::new().unwrap()), owner().public_key());
+    let signed = b"message";
+    let sig = owner().sign(signed);
+    let a = vault.provision(key(3), signed, &sig).unwrap();
+    let b = vault.provision(key(3), signed, &sig).unwrap();
     assert_ne!(a, b, "key-check values use fresh nonces");
     assert!(matches!(
-        vault.provision(key(4)),
+        vault.provision(key(4), signed, &sig),
         Err(sealdb_vault::VaultError::AlreadyProvisioned)
     ));
-    assert!(!format!("{vault:?}").contains("0303"));
+    assert!(matches!(
+        vault.provision(key(3), b"other", &sig),
+        Err(sealdb_vault::VaultError::NotOwner)
+    ));
 }
 
 /// Gramine's attestation pseudo-files, faked by a directory: the report data written, the
@@ -140,7 +190,7 @@ fn gramine_evidence_comes_from_its_attestation_files() {
         [5; 64]
     );
     assert_eq!(tee.format(), sealdb_attest::Format::Sgx);
-    assert!(!tee.is_simulated());
+    assert!(tee.identity().is_none());
     let missing = GramineSgx::new(dir.path().join("absent"));
     let e = missing.evidence(&[0; 64]).unwrap_err().to_string();
     assert!(e.contains("user_report_data"), "{e}");
@@ -151,7 +201,10 @@ fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vault.sock");
-    let vault = Arc::new(Vault::new(Box::new(Simulated::new().unwrap())));
+    let vault = Arc::new(Vault::new(
+        Box::new(Simulated::new().unwrap()),
+        owner().public_key(),
+    ));
     let local = sealdb_vault::LocalServer::bind(&path, vault.clone()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -166,7 +219,7 @@ fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
         matches!(r, Message::Error { ref message } if message.contains("not provisioned")),
         "{r:?}"
     );
-    vault.provision(key(1)).unwrap();
+    vault.provision(key(1), b"m", &owner().sign(b"m")).unwrap();
     let Message::Bytes { data: kcv } = call(Message::MakeCheckValue { aad: b"a".to_vec() }) else {
         panic!()
     };
@@ -226,7 +279,10 @@ fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
         "{r:?}"
     );
     // A second vault cannot take over the socket of a running one.
-    let other = Arc::new(Vault::new(Box::new(Simulated::new().unwrap())));
+    let other = Arc::new(Vault::new(
+        Box::new(Simulated::new().unwrap()),
+        owner().public_key(),
+    ));
     let e = sealdb_vault::LocalServer::bind(&path, other)
         .unwrap_err()
         .to_string();
@@ -234,7 +290,9 @@ fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
 }
 
 /// configfs-tsm, faked by a directory tree: the kernel's attribute files are written ahead
-/// into the report directories the vault will use (configfs creates them on mkdir).
+/// into the report directories the vault will use (configfs creates them on mkdir), and
+/// `outblob` is a FIFO served by a thread playing the kernel: when the vault opens it, the
+/// "kernel" sets `generation` (one write: ours, or more: someone else's too) and answers.
 #[test]
 fn configfs_tsm_evidence_comes_from_its_report_directory() {
     let root = tempfile::tempdir().unwrap();
@@ -244,18 +302,41 @@ fn configfs_tsm_evidence_comes_from_its_report_directory() {
             .join("../../../shared/testvectors/dcap/tdx_quote"),
     )
     .unwrap();
-    for n in 0..2 {
-        let d = root.path().join(format!("sealdb-vault-{pid}-{n}"));
+    let dir = |n: u32| root.path().join(format!("sealdb-vault-{pid}-{n}"));
+    // Directory 0 is the probe; 1 and 2 serve requests, 2 with a concurrent writer.
+    let mut kernels = Vec::new();
+    for n in 0..3 {
+        let d = dir(n);
         std::fs::create_dir(&d).unwrap();
         std::fs::write(d.join("provider"), "tdx_guest\n").unwrap();
         std::fs::write(d.join("generation"), "1\n").unwrap();
-        std::fs::write(d.join("outblob"), &report).unwrap();
+        if n == 0 {
+            continue;
+        }
+        let fifo = d.join("outblob");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let report = report.clone();
+        kernels.push(std::thread::spawn(move || {
+            // Blocks until the vault opens outblob for reading.
+            let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let writes = if n == 1 { 1 } else { 2 };
+            std::fs::write(d.join("generation"), format!("{}\n", 1 + writes)).unwrap();
+            std::io::Write::write_all(&mut out, &report).unwrap();
+        }));
     }
     let tee = sealdb_vault::ConfigfsTsm::new(root.path()).unwrap();
     assert_eq!(tee.format(), sealdb_attest::Format::Tdx);
     assert_eq!(tee.evidence(&[6; 64]).unwrap(), report);
-    let used = root.path().join(format!("sealdb-vault-{pid}-1"));
-    assert_eq!(std::fs::read(used.join("inblob")).unwrap(), [6; 64]);
+    assert_eq!(std::fs::read(dir(1).join("inblob")).unwrap(), [6; 64]);
+    let e = tee.evidence(&[7; 64]).unwrap_err().to_string();
+    assert!(e.contains("another process"), "{e}");
+    for k in kernels {
+        k.join().unwrap();
+    }
     // Another provider, or none, is refused by name.
     let other = tempfile::tempdir().unwrap();
     let d = other.path().join(format!("sealdb-vault-{pid}-0"));

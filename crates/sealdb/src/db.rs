@@ -1150,12 +1150,16 @@ impl Inner {
         }
         self.oracle.finish_commit(ts, fps);
         if self.keys.is_encrypted() {
-            // Rotation by age or unit count; the next commit's chunk uses the new key.
-            if let Err(e) = self
+            // Rotation by age or unit count; the next commit's chunk uses the new key. A key
+            // provider that is away (a vault restarting) changed nothing: the next commit
+            // tries again, until the active key's reserved units run out.
+            match self
                 .keys
                 .maintain(self.storage.as_ref(), &self.key_policy())
             {
-                self.record_background_error(e);
+                Ok(_) => {}
+                Err(Error::KeyProvider(_)) if !self.keys.reservation_exhausted() => {}
+                Err(e) => self.record_background_error(e),
             }
         }
         if mem.size() >= self.opts.memtable_size {

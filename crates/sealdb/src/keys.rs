@@ -3,7 +3,8 @@
 //!
 //! The engine never sees the master key: it asks a [`KeyProvider`] to make, wrap and unwrap
 //! data keys and to authenticate the registry. [`HostKeyProvider`] holds a master key in
-//! process memory (key mode `host`); the vault implements the same trait later.
+//! process memory (key mode `host`); `sealdb-vault-client` implements the same trait over the
+//! vault's socket (key mode `vault`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -732,6 +733,25 @@ impl KeyRing {
 
     /// Rotates by age or unit count, or extends the active key's unit reservation, when due.
     /// Cheap when nothing is due. Returns whether the active key changed.
+    /// Whether the active key has sealed as many units as the registry has reserved for it
+    /// (sealing more could not be accounted for after a crash).
+    pub(crate) fn reservation_exhausted(&self) -> bool {
+        let inner = self.inner.read();
+        let Some(reg) = inner.registry.as_ref() else {
+            return false;
+        };
+        let reserved = reg
+            .entries
+            .iter()
+            .find(|e| e.id == inner.active)
+            .map_or(0, |e| e.units_reserved);
+        let units = inner
+            .keys
+            .get(&inner.active)
+            .map_or(0, |h| h.units.load(Ordering::Relaxed));
+        units >= reserved
+    }
+
     pub(crate) fn maintain(&self, storage: &dyn Storage, policy: &KeyPolicy) -> Result<bool> {
         if !self.encrypted {
             return Ok(false);

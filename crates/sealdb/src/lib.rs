@@ -10,8 +10,9 @@
 //!
 //! Key modes: unencrypted (no key provider) and `host` ([`HostKeyProvider`]: a master key
 //! from a key file wraps the data keys kept in the store's `KEYREGISTRY`). The master key
-//! never touches a data file; the vault (a TEE-held master key) plugs in as another
-//! [`KeyProvider`].
+//! never touches a data file. Key mode `vault` is another [`KeyProvider`]
+//! (`sealdb-vault-client`): the master key stays in a TEE vault, which wraps and unwraps
+//! data keys on request.
 //!
 //! Data keys rotate by age and by the number of units sealed, old files are rewritten under
 //! new keys (rekey), unused keys are destroyed (crypto-shredding), and the master key rotates
