@@ -22,9 +22,12 @@ pub(crate) struct BenchArgs {
     /// Random point reads.
     #[arg(long, default_value_t = 200_000)]
     reads: u64,
-    /// `none` or `host`.
+    /// `none`, `host`, or `vault` (with --vault-socket: a provisioned vault's engine socket).
     #[arg(long, default_value = "host")]
     encryption: String,
+    /// The vault's engine socket, for `--encryption vault`.
+    #[arg(long)]
+    vault_socket: Option<PathBuf>,
     /// Keys per batch.
     #[arg(long, default_value_t = 1000)]
     batch: u64,
@@ -163,9 +166,18 @@ pub(crate) fn run(a: &BenchArgs) -> Result<(), Failure> {
             let master = sealdb_crypto::SecretKey::generate().map_err(|e| fail(e.to_string()))?;
             Some(Arc::new(HostKeyProvider::new(&master)))
         }
+        "vault" => {
+            let socket = a
+                .vault_socket
+                .as_ref()
+                .ok_or_else(|| fail("--encryption vault needs --vault-socket"))?;
+            Some(Arc::new(sealdb_vault_client::VaultKeyProvider::connect(
+                socket,
+            )?))
+        }
         other => {
             return Err(fail(format!(
-                "--encryption must be none or host, not {other}"
+                "--encryption must be none, host or vault, not {other}"
             )))
         }
     };

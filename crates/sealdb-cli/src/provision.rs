@@ -5,11 +5,12 @@
 //! 2. A fresh 32-byte nonce; the vault answers with evidence.
 //! 3. The expected report_data is computed from this side's view of the connection
 //!    ([`sealdb_vault_proto::binding`]: the certificate's public key, the nonce, the TLS
-//!    exporter), and the evidence is checked by [`sealdb_attest::verify`], the same verifier as
-//!    `sealdb attest verify`, with the owner's policy. The policy must pin at least one
-//!    measurement.
-//! 4. Only then the master key goes out, on the same connection; the vault's key-check value
-//!    proves it arrived intact.
+//!    exporter, the owner's public key), and the evidence is checked by
+//!    [`sealdb_attest::verify`], the same verifier as `sealdb attest verify`, with the owner's
+//!    policy. The policy must pin a code measurement.
+//! 4. Only then the master key goes out, on the same connection, signed with the owner's key
+//!    over this connection's exporter and nonce; the vault's key-check value proves it
+//!    arrived intact.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;

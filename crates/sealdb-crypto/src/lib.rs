@@ -108,7 +108,8 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
-/// An AES-256-GCM key ready to seal and open units. Holds its [`SecretKey`] (zeroized on drop).
+/// An AES-256-GCM key ready to seal and open units, built from a [`SecretKey`] (which it
+/// does not keep).
 ///
 /// Hazard: the expanded AES key schedule lives inside `ring` and is not zeroized by it.
 pub struct AeadKey {

@@ -66,7 +66,7 @@ impl VaultKeyProvider {
         .map_err(|e| p.fail(e))?;
         p.identity = match reply {
             Message::Bytes { data } => data,
-            Message::Error { message } => return Err(p.fail(message)),
+            Message::Error { message } => return Err(p.fail(message.escape_debug())),
             other => return Err(p.unexpected("MakeCheckValue", &other)),
         };
         *p.lock() = Some(stream);

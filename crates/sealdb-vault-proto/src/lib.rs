@@ -308,7 +308,7 @@ pub fn encode(msg: &Message) -> Result<Zeroizing<Vec<u8>>, ProtoError> {
     let variable = match msg {
         Message::Evidence { evidence, .. } => evidence.len(),
         Message::KeyCheck { kcv } => kcv.len(),
-        Message::Error { message } => message.len(),
+        Message::Error { message } => message.len().min(MAX_ERROR),
         Message::MakeCheckValue { aad } | Message::NewDataKey { aad } => aad.len(),
         Message::VerifyCheckValue { aad, kcv } => aad.len() + kcv.len(),
         Message::UnwrapDataKey { aad, wrapped } => aad.len() + wrapped.len(),

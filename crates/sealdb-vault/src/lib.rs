@@ -3,12 +3,12 @@
 //! Lifecycle: the vault starts **unprovisioned**, with a TLS key pair it made itself
 //! ([`sealdb_crypto::tls::TlsIdentity`]). The owner connects over TLS 1.3, sends a fresh
 //! nonce, and receives evidence from the vault's TEE ([`Tee`]) whose report_data binds the
-//! TLS key, the nonce and the connection's exporter value
+//! TLS key, the nonce, the connection's exporter value and the owner's public key
 //! ([`sealdb_vault_proto::binding`]). Only after verifying it does the owner send the master
-//! key, on the same connection; the vault is then **provisioned** and answers with a
-//! key-check value so the owner knows the key arrived intact. The master key lives only in
-//! this process's memory (a [`sealdb_crypto::SecretKey`], zeroized on drop) and is never
-//! written anywhere.
+//! key, signed for this connection, on the same connection; the vault is then
+//! **provisioned** and answers with a key-check value so the owner knows the key arrived
+//! intact. The master key lives only in this process's memory (inside a
+//! [`sealdb_crypto::MasterKey`]) and is never written anywhere.
 //!
 //! Once provisioned, the vault serves the engine on a local Unix socket ([`LocalServer`]):
 //! key-check values, new data keys, unwrapping and wrapping data keys, and authenticating
@@ -56,7 +56,7 @@ pub fn tee_by_name(name: &str, dir: Option<&str>) -> Result<Box<dyn Tee>, VaultE
             "this build has no simulated TEE (cargo feature `sim`)".into(),
         )),
         other => Err(VaultError::Tee(format!(
-            "unknown TEE {other:?} (sim, gramine)"
+            "unknown TEE {other:?} (sim, gramine, tsm)"
         ))),
     }
 }
@@ -66,13 +66,13 @@ pub fn parse_owner(hex_key: &str) -> Result<[u8; 32], VaultError> {
     let t = hex_key.trim();
     let mut out = [0u8; 32];
     if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(VaultError::Protocol(
+        return Err(VaultError::Config(
             "the owner key must be 64 hex digits (an Ed25519 public key)".into(),
         ));
     }
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
-            .map_err(|_| VaultError::Protocol("the owner key is not hex".into()))?;
+            .map_err(|_| VaultError::Config("the owner key is not hex".into()))?;
     }
     Ok(out)
 }
@@ -81,6 +81,9 @@ pub fn parse_owner(hex_key: &str) -> Result<[u8; 32], VaultError> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VaultError {
+    /// The vault's configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The TEE could not produce evidence.
     #[error("TEE: {0}")]
     Tee(String),

@@ -25,18 +25,18 @@ impl LocalServer {
     /// Binds `path` (a stale socket file there is replaced) and makes it owner-only.
     pub fn bind(path: &Path, vault: Arc<Vault>) -> Result<LocalServer, VaultError> {
         let err = |what: &str, e: std::io::Error| {
-            VaultError::Protocol(format!("{what} {}: {e}", path.display()))
+            VaultError::Config(format!("{what} {}: {e}", path.display()))
         };
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                return Err(VaultError::Protocol(format!(
+                return Err(VaultError::Config(format!(
                     "{} exists and is not a socket",
                     path.display()
                 )));
             }
             if UnixStream::connect(path).is_ok() {
-                return Err(VaultError::Protocol(format!(
+                return Err(VaultError::Config(format!(
                     "another vault is serving {}",
                     path.display()
                 )));

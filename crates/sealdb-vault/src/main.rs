@@ -1,4 +1,5 @@
-//! `sealdb-vault`: the vault process. `sealdb-vault --listen ADDR --tee sim|gramine`.
+//! `sealdb-vault`: the vault process.
+//! `sealdb-vault --listen ADDR --tee sim|gramine|tsm --owner HEX [--socket PATH] [--tee-dir DIR]`.
 
 use std::process::ExitCode;
 use std::sync::Arc;

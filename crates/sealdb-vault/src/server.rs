@@ -94,7 +94,7 @@ impl Server {
     /// Binds `addr` with a fresh TLS identity.
     pub fn bind(addr: &str, vault: Arc<Vault>) -> Result<Server, VaultError> {
         let listener = TcpListener::bind(addr)
-            .map_err(|e| VaultError::Protocol(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| VaultError::Config(format!("cannot listen on {addr}: {e}")))?;
         let identity = TlsIdentity::generate().map_err(|e| VaultError::Crypto(e.to_string()))?;
         let spki = spki_of_certificate(identity.certificate())?;
         Ok(Server {
@@ -109,7 +109,7 @@ impl Server {
     pub fn local_addr(&self) -> Result<SocketAddr, VaultError> {
         self.listener
             .local_addr()
-            .map_err(|e| VaultError::Protocol(e.to_string()))
+            .map_err(|e| VaultError::Config(e.to_string()))
     }
 
     /// Serves connections until the process ends: at most [`MAX_CONNECTIONS`] at once, each

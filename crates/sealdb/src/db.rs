@@ -1153,13 +1153,12 @@ impl Inner {
             // Rotation by age or unit count; the next commit's chunk uses the new key. A key
             // provider that is away (a vault restarting) changed nothing: the next commit
             // tries again, until the active key's reserved units run out.
-            match self
+            let upkeep = self
                 .keys
                 .maintain(self.storage.as_ref(), &self.key_policy())
-            {
-                Ok(_) => {}
-                Err(Error::KeyProvider(_)) if !self.keys.reservation_exhausted() => {}
-                Err(e) => self.record_background_error(e),
+                .map(|_| ());
+            if let Err(e) = self.unless_provider_away(upkeep) {
+                self.record_background_error(e);
             }
         }
         if mem.size() >= self.opts.memtable_size {
@@ -1872,12 +1871,27 @@ impl Inner {
                 .frozen_unsynced
                 .retain(|w| sv.imms.iter().any(|m| m.wal_no == w.file_no()));
         }
-        self.keys
-            .maintain(self.storage.as_ref(), &self.key_policy())?;
+        let upkeep = self
+            .keys
+            .maintain(self.storage.as_ref(), &self.key_policy())
+            .map(|_| ());
+        self.unless_provider_away(upkeep)?;
         let in_use = self.keys_in_use();
         let retention = self.opts.retired_key_retention.as_secs();
-        self.keys
-            .retire_unused(self.storage.as_ref(), &in_use, retention)
+        let retire = self
+            .keys
+            .retire_unused(self.storage.as_ref(), &in_use, retention);
+        self.unless_provider_away(retire)
+    }
+
+    /// Key upkeep that failed because the key provider is away (a vault restarting) changed
+    /// nothing and is tried again later; it is an error only once the active key's reserved
+    /// units have run out, since sealing more could not be accounted for after a crash.
+    fn unless_provider_away(&self, r: Result<()>) -> Result<()> {
+        match r {
+            Err(Error::KeyProvider(_)) if !self.keys.reservation_exhausted() => Ok(()),
+            r => r,
+        }
     }
 
     fn key_policy(&self) -> KeyPolicy {

@@ -731,8 +731,6 @@ impl KeyRing {
         Ok(id)
     }
 
-    /// Rotates by age or unit count, or extends the active key's unit reservation, when due.
-    /// Cheap when nothing is due. Returns whether the active key changed.
     /// Whether the active key has sealed as many units as the registry has reserved for it
     /// (sealing more could not be accounted for after a crash).
     pub(crate) fn reservation_exhausted(&self) -> bool {
@@ -752,6 +750,8 @@ impl KeyRing {
         units >= reserved
     }
 
+    /// Rotates by age or unit count, or extends the active key's unit reservation, when due.
+    /// Cheap when nothing is due. Returns whether the active key changed.
     pub(crate) fn maintain(&self, storage: &dyn Storage, policy: &KeyPolicy) -> Result<bool> {
         if !self.encrypted {
             return Ok(false);

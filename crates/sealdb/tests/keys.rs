@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -245,4 +246,102 @@ fn background_rekey_rewrites_old_tables() {
         "tables under the old key were not rewritten in the background"
     );
     assert_eq!(db.iter(IterOptions::default()).unwrap().count(), 1500);
+}
+
+/// A key provider that can be taken away, like a vault restarting.
+struct Flaky {
+    inner: Arc<dyn sealdb::KeyProvider>,
+    away: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> sealdb::Result<()> {
+        if self.away.load(Ordering::SeqCst) {
+            Err(Error::KeyProvider("vault unreachable (test)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl sealdb::KeyProvider for Flaky {
+    fn make_check_value(&self, aad: &[u8]) -> sealdb::Result<Vec<u8>> {
+        self.check()?;
+        self.inner.make_check_value(aad)
+    }
+    fn verify_check_value(&self, aad: &[u8], kcv: &[u8]) -> sealdb::Result<bool> {
+        self.check()?;
+        self.inner.verify_check_value(aad, kcv)
+    }
+    fn new_data_key(&self, aad: &[u8]) -> sealdb::Result<(sealdb_crypto::SecretKey, Vec<u8>)> {
+        self.check()?;
+        self.inner.new_data_key(aad)
+    }
+    fn unwrap_data_key(
+        &self,
+        aad: &[u8],
+        wrapped: &[u8],
+    ) -> sealdb::Result<Option<sealdb_crypto::SecretKey>> {
+        self.check()?;
+        self.inner.unwrap_data_key(aad, wrapped)
+    }
+    fn rewrap_data_key(
+        &self,
+        aad: &[u8],
+        key: &sealdb_crypto::SecretKey,
+    ) -> sealdb::Result<Vec<u8>> {
+        self.check()?;
+        self.inner.rewrap_data_key(aad, key)
+    }
+    fn authenticate(&self, data: &[u8]) -> sealdb::Result<Vec<u8>> {
+        self.check()?;
+        self.inner.authenticate(data)
+    }
+    fn verify(&self, data: &[u8], tag: &[u8]) -> sealdb::Result<bool> {
+        self.check()?;
+        self.inner.verify(data, tag)
+    }
+}
+
+/// While the key provider is away, commits go on (rotation that falls due waits), an explicit
+/// rotation fails with `KeyProvider`, nothing is poisoned; when it is back, the rotation
+/// happens. Opening while it is away is a `KeyProvider` error, never `WrongMasterKey`.
+#[test]
+fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: key_provider(1),
+        away: AtomicBool::new(false),
+    });
+    let opts = Options {
+        key_provider: Some(flaky.clone()),
+        key_rotation_interval: Some(Duration::from_secs(1)),
+        ..small_options(false)
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    db.put(b"before", b"1").unwrap();
+    flaky.away.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    for i in 0..200u32 {
+        db.put(format!("during{i}").as_bytes(), b"2").unwrap();
+    }
+    db.flush().unwrap();
+    assert!(matches!(db.rotate_data_key(), Err(Error::KeyProvider(_))));
+    assert_eq!(db.encryption_status().unwrap().active_key_id, 1);
+    flaky.away.store(false, Ordering::SeqCst);
+    db.put(b"after", b"3").unwrap();
+    assert!(
+        db.encryption_status().unwrap().active_key_id >= 2,
+        "rotation did not resume"
+    );
+    assert_eq!(db.get(b"during199").unwrap().as_deref(), Some(&b"2"[..]));
+    db.close().unwrap();
+    flaky.away.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        Db::open(dir.path(), opts.clone()),
+        Err(Error::KeyProvider(_))
+    ));
+    flaky.away.store(false, Ordering::SeqCst);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"3"[..]));
 }
