@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use sealdb_attest::{Claims, Evidence};
+use sealdb_attest::{Claims, Evidence, Format};
 use sealdb_crypto::tls::rustls;
 use sealdb_crypto::{AeadKey, SecretKey};
 use sealdb_vault_proto::{
@@ -28,22 +28,33 @@ use sealdb_vault_proto::{
 use crate::attest::{read_policy, unix_now, EndorsementArgs};
 use crate::{fail, Failure};
 
-/// Claims that measure code (not just the platform): a policy must pin one of them before a
-/// key is released.
-const CODE_MEASUREMENTS: [&str; 12] = [
-    "mr_enclave",
-    "mr_signer",
-    "mr_td",
-    "rtmr0",
-    "rtmr1",
-    "rtmr2",
-    "rtmr3",
-    "measurement",
-    "pcr0",
-    "pcr1",
-    "pcr2",
-    "sim_measurement",
-];
+/// What a policy must pin, by evidence format, before a key is released: claims that
+/// measure the vault's code, not only the platform. Each inner list is one acceptable set.
+fn code_pins(format: Format) -> &'static [&'static [&'static str]] {
+    match format {
+        // MRENCLAVE, or a signer with its product and a minimum version.
+        Format::Sgx => &[&["mr_enclave"], &["mr_signer", "isv_prod_id", "isv_svn"]],
+        // The TD's initial image and the runtime measurements of kernel and its input.
+        Format::Tdx => &[&["mr_td", "rtmr1", "rtmr2"]],
+        Format::Snp => &[&["measurement"]],
+        Format::Nitro => &[&["pcr0"]],
+        Format::Sim => &[&["sim_measurement"]],
+        _ => &[],
+    }
+}
+
+/// Whether `policy` pins every claim of one of `format`'s code-pin sets (as a measurement,
+/// an exact version or a minimum version).
+fn pins_code(policy: &sealdb_attest::Policy, format: Format) -> bool {
+    let pinned = |name: &str| {
+        policy.measurements.get(name).is_some_and(|v| !v.is_empty())
+            || policy.versions.contains_key(name)
+            || policy.min_versions.contains_key(name)
+    };
+    code_pins(format)
+        .iter()
+        .any(|set| set.iter().all(|name| pinned(name)))
+}
 
 /// How long the owner waits for the vault.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,17 +152,6 @@ fn refused(what: &str, m: Message) -> Failure {
 /// Attests the vault and provisions it; returns the claims the key was released on.
 pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
     let policy = read_policy(Some(&args.policy))?;
-    let pins_code = CODE_MEASUREMENTS
-        .iter()
-        .any(|m| policy.measurements.get(*m).is_some_and(|v| !v.is_empty()));
-    if !pins_code && !args.allow_unpinned {
-        return Err(fail(format!(
-            "the policy {} pins no code measurement ({}), so any code in a genuine TEE \
-             would get the key; add one under [measurements] or pass --allow-unpinned",
-            args.policy.display(),
-            CODE_MEASUREMENTS.join(", ")
-        )));
-    }
     let key = sealdb::read_key_file(&args.key_file)?;
     let owner = read_owner_key(&args.owner_key)?;
     let mut tls = connect(&args.vault)?;
@@ -162,6 +162,15 @@ pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
         Message::Evidence { format, evidence } => (format, evidence),
         other => return Err(refused("the challenge", other)),
     };
+    if !pins_code(&policy, format) && !args.allow_unpinned {
+        let sets: Vec<String> = code_pins(format).iter().map(|s| s.join(" + ")).collect();
+        return Err(fail(format!(
+            "the policy {} pins no code measurement for {format:?} evidence (one of: {}), so \
+             any code in a genuine TEE would get the key; pin one or pass --allow-unpinned",
+            args.policy.display(),
+            sets.join("; ")
+        )));
+    }
     // This side's view of the connection: the key the server proved it holds in the
     // handshake, and the exporter value of this session.
     let cert = tls

@@ -22,20 +22,29 @@ use sealdb::{Error, KeyProvider, Result};
 use sealdb_crypto::SecretKey;
 use sealdb_vault_proto::{read_message, write_message, Message};
 
-/// How long one request may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request may take (they are small; a vault that takes longer is treated as
+/// unreachable).
+const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Associated data of the key-check value that pins the vault's master key for the life of
-/// a provider.
-const IDENTITY_AAD: &[u8] = b"sealdb-vault-client identity v1";
+/// Associated data prefix of the data key that pins the vault's master key for the life of a
+/// provider.
+const IDENTITY_AAD: &[u8] = b"sealdb-vault-client identity v1 ";
 
 /// A [`KeyProvider`] backed by a vault.
 pub struct VaultKeyProvider {
     path: PathBuf,
     conn: Mutex<Option<UnixStream>>,
-    /// A key-check value of the vault's master key, made at connect: every reconnection
-    /// must verify it, so a vault restarted with another key is never used.
-    identity: Vec<u8>,
+    /// A data key the vault made and wrapped at connect, under a random associated data:
+    /// every reconnection must unwrap it to the same key, which only the same master key
+    /// can do, so a vault restarted with another key (or anything else answering on the
+    /// socket) is never used.
+    identity: Option<Identity>,
+}
+
+struct Identity {
+    aad: Vec<u8>,
+    key: SecretKey,
+    wrapped: Vec<u8>,
 }
 
 impl std::fmt::Debug for VaultKeyProvider {
@@ -53,21 +62,20 @@ impl VaultKeyProvider {
         let mut p = VaultKeyProvider {
             path: path.as_ref().to_path_buf(),
             conn: Mutex::new(None),
-            identity: Vec::new(),
+            identity: None,
         };
         let mut stream = p.open()?;
-        let reply = write_message(
-            &mut stream,
-            &Message::MakeCheckValue {
-                aad: IDENTITY_AAD.to_vec(),
-            },
-        )
-        .and_then(|_| read_message(&mut stream))
-        .map_err(|e| p.fail(e))?;
+        let mut nonce = [0u8; 16];
+        sealdb_crypto::fill_random(&mut nonce)?;
+        let aad = [IDENTITY_AAD, &nonce[..]].concat();
+        let request = Message::NewDataKey { aad: aad.clone() };
+        let reply = write_message(&mut stream, &request)
+            .and_then(|_| read_message(&mut stream))
+            .map_err(|e| p.fail(e))?;
         p.identity = match reply {
-            Message::Bytes { data } => data,
+            Message::DataKey { key, wrapped } => Some(Identity { aad, key, wrapped }),
             Message::Error { message } => return Err(p.fail(message.escape_debug())),
-            other => return Err(p.unexpected("MakeCheckValue", &other)),
+            other => return Err(p.unexpected("NewDataKey", &other)),
         };
         *p.lock() = Some(stream);
         Ok(p)
@@ -102,23 +110,25 @@ impl VaultKeyProvider {
 
     /// A new connection, checked to reach a vault with the same master key as at connect.
     fn reopen(&self) -> Result<UnixStream> {
+        let id = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| self.fail("no identity pinned"))?;
         let mut s = self.open()?;
-        let reply = write_message(
-            &mut s,
-            &Message::VerifyCheckValue {
-                aad: IDENTITY_AAD.to_vec(),
-                kcv: self.identity.clone(),
-            },
-        )
-        .and_then(|_| read_message(&mut s))
-        .map_err(|e| self.fail(e))?;
+        let request = Message::UnwrapDataKey {
+            aad: id.aad.clone(),
+            wrapped: id.wrapped.clone(),
+        };
+        let reply = write_message(&mut s, &request)
+            .and_then(|_| read_message(&mut s))
+            .map_err(|e| self.fail(e))?;
         match reply {
-            Message::Verdict { ok: true } => Ok(s),
-            Message::Verdict { ok: false } => {
+            Message::Unwrapped { key: Some(k) } if k.ct_eq(&id.key) => Ok(s),
+            Message::Unwrapped { .. } => {
                 Err(self.fail("the vault now holds another master key; refusing to use it"))
             }
             Message::Error { message } => Err(self.fail(message.escape_debug())),
-            other => Err(self.unexpected("VerifyCheckValue", &other)),
+            other => Err(self.unexpected("UnwrapDataKey", &other)),
         }
     }
 

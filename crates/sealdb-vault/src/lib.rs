@@ -182,13 +182,18 @@ impl Vault {
         }
         let master = MasterKey::new(&key);
         drop(key);
+        let crypto = |e: sealdb_crypto::CryptoError| VaultError::Crypto(e.to_string());
         let mut state = self.lock();
         if let State::Provisioned(held) = &*state {
-            if !master.verify_check_value(sealdb_vault_proto::KEY_CHECK_AAD, &held.check) {
-                return Err(VaultError::AlreadyProvisioned);
-            }
+            // A retry with the same key keeps what is held (no second copy is made).
+            return if master.verify_check_value(sealdb_vault_proto::KEY_CHECK_AAD, &held.check) {
+                held.master
+                    .check_value(sealdb_vault_proto::KEY_CHECK_AAD)
+                    .map_err(crypto)
+            } else {
+                Err(VaultError::AlreadyProvisioned)
+            };
         }
-        let crypto = |e: sealdb_crypto::CryptoError| VaultError::Crypto(e.to_string());
         let check = master
             .check_value(sealdb_vault_proto::KEY_CHECK_AAD)
             .map_err(crypto)?;

@@ -43,13 +43,23 @@ impl LocalServer {
             }
             std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
         }
-        // Created owner-only (umask), so there is no moment another user could connect.
-        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-        let bound = UnixListener::bind(path);
-        rustix::process::umask(old);
-        let listener = bound.map_err(|e| err("cannot listen on", e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        // Bound inside a private directory (0700) beside the path, made owner-only there,
+        // then moved into place: there is no moment another user could connect.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let private = tempfile::Builder::new()
+            .prefix(".sealdb-vault-")
+            .tempdir_in(parent)
+            .map_err(|e| err("creating a private directory beside", e))?;
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err("securing a private directory beside", e))?;
+        let staged = private.path().join("socket");
+        let listener = UnixListener::bind(&staged).map_err(|e| err("cannot listen on", e))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| err("setting permissions of", e))?;
+        std::fs::rename(&staged, path).map_err(|e| err("moving the socket to", e))?;
         Ok(LocalServer {
             listener,
             path: path.to_path_buf(),
@@ -80,7 +90,9 @@ impl LocalServer {
             match rustix::net::sockopt::socket_peercred(&stream) {
                 Ok(cred) if cred.uid == me => {}
                 _ => {
-                    eprintln!("sealdb-vault: engine socket: a peer of another user refused");
+                    crate::server::audit(format_args!(
+                        "engine socket: a peer of another user refused"
+                    ));
                     continue;
                 }
             }
@@ -89,7 +101,9 @@ impl LocalServer {
                 let _ = serve_engine(stream, &vault);
             });
             if !accepted {
-                eprintln!("sealdb-vault: engine socket: too many connections; one refused");
+                crate::server::audit(format_args!(
+                    "engine socket: too many connections; one refused"
+                ));
             }
         }
     }

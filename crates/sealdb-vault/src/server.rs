@@ -14,6 +14,9 @@ use crate::{Vault, VaultError};
 
 /// How long one provisioning connection may last in all.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a new connection may take to complete the handshake and send its first message,
+/// so idle connections cannot hold the few slots for long.
+const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// Provisioning connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 8;
 
@@ -29,16 +32,26 @@ pub(crate) fn spawn_bounded(
         count.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
-    let c = count.clone();
-    let spawned = std::thread::Builder::new().spawn(move || {
-        work();
-        c.fetch_sub(1, Ordering::AcqRel);
-    });
-    if spawned.is_err() {
-        count.fetch_sub(1, Ordering::AcqRel);
-        return false;
+    /// Gives the slot back when the thread ends, even by a panic.
+    struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
     }
-    true
+    let slot = Slot(count.clone());
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let _slot = slot;
+        work();
+    });
+    // If the thread could not be made, the closure (and its slot) was dropped already.
+    spawned.is_ok()
+}
+
+/// Writes an audit line to stderr; a closed stderr loses the line, never the vault.
+pub(crate) fn audit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "sealdb-vault: {line}");
 }
 
 /// After a failed accept (e.g. out of file descriptors), wait a little instead of spinning.
@@ -133,11 +146,11 @@ impl Server {
                 // A failed connection affects only itself; the owner sees it as an error
                 // or a closed connection.
                 if let Err(e) = s.handle(tcp, &peer) {
-                    eprintln!("sealdb-vault: connection from {peer}: {e}");
+                    audit(format_args!("connection from {peer}: {e}"));
                 }
             });
             if !accepted {
-                eprintln!("sealdb-vault: too many connections; one refused");
+                audit(format_args!("too many connections; one refused"));
             }
         }
     }
@@ -145,9 +158,10 @@ impl Server {
     fn handle(&self, tcp: TcpStream, peer: &str) -> Result<(), VaultError> {
         let conn = rustls::ServerConnection::new(self.identity.server_config())
             .map_err(|e| VaultError::Crypto(e.to_string()))?;
+        let start = std::time::Instant::now();
         let io = Deadline {
             tcp,
-            until: std::time::Instant::now() + CONNECTION_DEADLINE,
+            until: start + FIRST_MESSAGE_DEADLINE,
         };
         let mut tls = rustls::StreamOwned::new(conn, io);
         // The nonce and exporter of the evidence sent on this connection: a key is taken
@@ -155,7 +169,11 @@ impl Server {
         let mut attested: Option<([u8; 32], [u8; EXPORTER_LEN])> = None;
         loop {
             let msg = match read_message(&mut tls) {
-                Ok(m) => m,
+                Ok(m) => {
+                    // After a first message the connection may run to the full deadline.
+                    tls.sock.until = start + CONNECTION_DEADLINE;
+                    m
+                }
                 Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(())
                 }
@@ -179,7 +197,7 @@ impl Server {
                         .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
                         .map_err(|e| VaultError::Crypto(e.to_string()))?;
                     let rd = binding(&self.spki, &nonce, &exporter, self.vault.owner());
-                    eprintln!("sealdb-vault: challenge from {peer}");
+                    audit(format_args!("challenge from {peer}"));
                     match self.vault.tee().evidence(&rd) {
                         Ok(evidence) => {
                             attested = Some((nonce, exporter));
@@ -198,11 +216,11 @@ impl Server {
                         let signed = owner_signed_message(&exporter, &nonce);
                         match self.vault.provision(key, &signed, &signature) {
                             Ok(kcv) => {
-                                eprintln!("sealdb-vault: provisioned by the owner from {peer}");
+                                audit(format_args!("provisioned by the owner from {peer}"));
                                 Message::KeyCheck { kcv }
                             }
                             Err(e) => {
-                                eprintln!("sealdb-vault: master key from {peer} refused: {e}");
+                                audit(format_args!("master key from {peer}: {e}"));
                                 Message::Error {
                                     message: e.to_string(),
                                 }

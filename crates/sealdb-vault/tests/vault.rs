@@ -351,3 +351,80 @@ fn configfs_tsm_evidence_comes_from_its_report_directory() {
         .to_string();
     assert!(e.contains("absent"), "{e}");
 }
+
+/// The `sealdb-vault` binary with an engine socket; killed when dropped.
+struct VaultBinary(std::process::Child, String);
+
+impl VaultBinary {
+    fn start(socket: &std::path::Path) -> VaultBinary {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealdb-vault"))
+            .args(["--listen", "127.0.0.1:0", "--tee", "sim", "--owner"])
+            .arg(
+                owner()
+                    .public_key()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )
+            .arg("--socket")
+            .arg(socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        VaultBinary(child, addr)
+    }
+
+    /// Provisions it with master key `b`, as the owner.
+    fn provision(&self, b: u8) {
+        let mut c = connect(&self.1);
+        let nonce = [b; 32];
+        assert!(matches!(
+            ask(&mut c, &Message::Challenge { nonce }),
+            Message::Evidence { .. }
+        ));
+        let m = signed_key(&c, b, &nonce, &owner());
+        assert!(matches!(ask(&mut c, &m), Message::KeyCheck { .. }));
+    }
+}
+
+impl Drop for VaultBinary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The engine's client pins the vault's master key: after the vault restarts, it is used
+/// again only if it holds the same master key.
+#[test]
+fn the_engine_client_pins_the_vaults_master_key_across_restarts() {
+    use sealdb::KeyProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vault.sock");
+    let vault = VaultBinary::start(&socket);
+    // Not provisioned yet: the client refuses to start.
+    let e = sealdb_vault_client::VaultKeyProvider::connect(&socket).unwrap_err();
+    assert!(e.to_string().contains("not provisioned"), "{e}");
+    vault.provision(1);
+    let client = sealdb_vault_client::VaultKeyProvider::connect(&socket).unwrap();
+    let (dk, wrapped) = client.new_data_key(b"aad").unwrap();
+    drop(vault);
+    // Restarted and provisioned with another master key: refused, by name.
+    let other = VaultBinary::start(&socket);
+    other.provision(2);
+    let e = client.unwrap_data_key(b"aad", &wrapped).unwrap_err();
+    assert!(e.to_string().contains("another master key"), "{e}");
+    drop(other);
+    // Restarted with the same master key: used again, and it unwraps what it wrapped.
+    let again = VaultBinary::start(&socket);
+    again.provision(1);
+    let back = client.unwrap_data_key(b"aad", &wrapped).unwrap().unwrap();
+    assert!(back.ct_eq(&dk));
+}

@@ -142,6 +142,10 @@ impl Options {
     }
 }
 
+/// How long key upkeep waits after the key provider failed, so commits do not each wait
+/// for an unreachable vault.
+const UPKEEP_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The readable state: active memtable, frozen memtables (oldest first) and tables.
 pub(crate) struct SuperVersion {
     pub(crate) mem: Arc<Memtable>,
@@ -695,6 +699,14 @@ impl Db {
         for no in scanned_vlogs.keys() {
             inner.vlog.set_complete(*no);
         }
+        // A loaded key counts every reserved unit as used (a crash may have sealed them), so
+        // reserve ahead now, while the key provider is known to answer: a provider that goes
+        // away later then only postpones upkeep.
+        if inner.keys.is_encrypted() {
+            inner
+                .keys
+                .maintain(inner.storage.as_ref(), &inner.key_policy())?;
+        }
         let mut threads = Vec::new();
         if inner.opts.background_threads {
             let i = inner.clone();
@@ -1153,12 +1165,14 @@ impl Inner {
             // Rotation by age or unit count; the next commit's chunk uses the new key. A key
             // provider that is away (a vault restarting) changed nothing: the next commit
             // tries again, until the active key's reserved units run out.
-            let upkeep = self
-                .keys
-                .maintain(self.storage.as_ref(), &self.key_policy())
-                .map(|_| ());
-            if let Err(e) = self.unless_provider_away(upkeep) {
-                self.record_background_error(e);
+            if !self.keys.upkeep_postponed() || self.keys.must_upkeep_now(&self.key_policy()) {
+                let upkeep = self
+                    .keys
+                    .maintain(self.storage.as_ref(), &self.key_policy())
+                    .map(|_| ());
+                if let Err(e) = self.unless_provider_away(upkeep) {
+                    self.record_background_error(e);
+                }
             }
         }
         if mem.size() >= self.opts.memtable_size {
@@ -1871,11 +1885,17 @@ impl Inner {
                 .frozen_unsynced
                 .retain(|w| sv.imms.iter().any(|m| m.wal_no == w.file_no()));
         }
+        if self.keys.upkeep_postponed() && !self.keys.must_upkeep_now(&self.key_policy()) {
+            return Ok(());
+        }
         let upkeep = self
             .keys
             .maintain(self.storage.as_ref(), &self.key_policy())
             .map(|_| ());
         self.unless_provider_away(upkeep)?;
+        if self.keys.upkeep_postponed() {
+            return Ok(());
+        }
         let in_use = self.keys_in_use();
         let retention = self.opts.retired_key_retention.as_secs();
         let retire = self
@@ -1889,7 +1909,10 @@ impl Inner {
     /// units have run out, since sealing more could not be accounted for after a crash.
     fn unless_provider_away(&self, r: Result<()>) -> Result<()> {
         match r {
-            Err(Error::KeyProvider(_)) if !self.keys.reservation_exhausted() => Ok(()),
+            Err(Error::KeyProvider(_)) if !self.keys.must_upkeep_now(&self.key_policy()) => {
+                self.keys.postpone_upkeep(UPKEEP_BACKOFF);
+                Ok(())
+            }
             r => r,
         }
     }

@@ -476,6 +476,8 @@ pub(crate) struct KeyRing {
     /// Serializes registry rewrites (rotation, reservation, retirement, master rotation).
     writer: Mutex<()>,
     inner: RwLock<KeyRingInner>,
+    /// After a key-provider failure: upkeep waits until then.
+    upkeep_after: Mutex<Option<std::time::Instant>>,
 }
 
 struct KeyRingInner {
@@ -519,6 +521,7 @@ impl KeyRing {
             encrypted: false,
             provider: RwLock::new(None),
             writer: Mutex::new(()),
+            upkeep_after: Mutex::new(None),
             inner: RwLock::new(KeyRingInner {
                 registry: None,
                 keys: BTreeMap::new(),
@@ -558,6 +561,7 @@ impl KeyRing {
             encrypted: true,
             provider: RwLock::new(Some(provider)),
             writer: Mutex::new(()),
+            upkeep_after: Mutex::new(None),
             inner: RwLock::new(KeyRingInner {
                 registry: Some(registry),
                 keys,
@@ -622,6 +626,7 @@ impl KeyRing {
             encrypted: true,
             provider: RwLock::new(Some(provider)),
             writer: Mutex::new(()),
+            upkeep_after: Mutex::new(None),
             inner: RwLock::new(KeyRingInner {
                 registry: Some(registry),
                 keys,
@@ -731,12 +736,38 @@ impl KeyRing {
         Ok(id)
     }
 
-    /// Whether the active key has sealed as many units as the registry has reserved for it
-    /// (sealing more could not be accounted for after a crash).
-    pub(crate) fn reservation_exhausted(&self) -> bool {
+    /// Whether key upkeep can no longer wait for an absent key provider: the active key has
+    /// sealed all the units the registry reserved for it (more could not be accounted for
+    /// after a crash) or reached the rotation limit.
+    pub(crate) fn must_upkeep_now(&self, policy: &KeyPolicy) -> bool {
+        let (units, reserved) = self.active_units();
+        units >= reserved || units >= policy.max_units
+    }
+
+    /// After a key-provider failure: key upkeep waits `d` before it asks again.
+    pub(crate) fn postpone_upkeep(&self, d: std::time::Duration) {
+        let until = std::time::Instant::now() + d;
+        *self.upkeep_after.lock() = Some(until);
+    }
+
+    /// Whether key upkeep is waiting after a key-provider failure.
+    pub(crate) fn upkeep_postponed(&self) -> bool {
+        let mut slot = self.upkeep_after.lock();
+        match *slot {
+            Some(t) if std::time::Instant::now() < t => true,
+            Some(_) => {
+                *slot = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Units sealed under the active key and units reserved for it.
+    fn active_units(&self) -> (u64, u64) {
         let inner = self.inner.read();
         let Some(reg) = inner.registry.as_ref() else {
-            return false;
+            return (0, u64::MAX);
         };
         let reserved = reg
             .entries
@@ -747,7 +778,7 @@ impl KeyRing {
             .keys
             .get(&inner.active)
             .map_or(0, |h| h.units.load(Ordering::Relaxed));
-        units >= reserved
+        (units, reserved)
     }
 
     /// Rotates by age or unit count, or extends the active key's unit reservation, when due.

@@ -329,6 +329,8 @@ fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
     assert!(matches!(db.rotate_data_key(), Err(Error::KeyProvider(_))));
     assert_eq!(db.encryption_status().unwrap().active_key_id, 1);
     flaky.away.store(false, Ordering::SeqCst);
+    // Upkeep waits a little after a failure (so commits do not each wait for a vault).
+    std::thread::sleep(Duration::from_millis(2100));
     db.put(b"after", b"3").unwrap();
     assert!(
         db.encryption_status().unwrap().active_key_id >= 2,
@@ -344,4 +346,49 @@ fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
     flaky.away.store(false, Ordering::SeqCst);
     let db = Db::open(dir.path(), opts).unwrap();
     assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"3"[..]));
+}
+
+/// Right after a reopen the provider may already be gone: the reservation made at open
+/// carries the commits. But a key that reaches its unit limit with no provider to rotate it
+/// stops the store (poisoned), rather than sealing past the limit.
+#[test]
+fn after_reopen_an_outage_is_tolerated_until_the_key_must_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: key_provider(1),
+        away: AtomicBool::new(false),
+    });
+    let opts = Options {
+        key_provider: Some(flaky.clone()),
+        ..small_options(false)
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    db.put(b"a", b"1").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    flaky.away.store(true, Ordering::SeqCst);
+    for i in 0..300u32 {
+        db.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    db.flush().unwrap();
+    flaky.away.store(false, Ordering::SeqCst);
+    db.close().unwrap();
+
+    let limited = Options {
+        max_units_per_key: 40,
+        ..opts
+    };
+    let db = Db::open(dir.path(), limited).unwrap();
+    flaky.away.store(true, Ordering::SeqCst);
+    let mut failed = None;
+    for i in 0..200u32 {
+        if let Err(e) = db.put(format!("m{i}").as_bytes(), b"v") {
+            failed = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(failed, Some(Error::Poisoned)),
+        "sealing went on past the unit limit without a provider: {failed:?}"
+    );
 }
