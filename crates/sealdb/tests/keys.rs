@@ -303,20 +303,29 @@ impl sealdb::KeyProvider for Flaky {
     }
 }
 
-/// While the key provider is away, commits go on (rotation that falls due waits), an explicit
-/// rotation fails with `KeyProvider`, nothing is poisoned; when it is back, the rotation
-/// happens. Opening while it is away is a `KeyProvider` error, never `WrongMasterKey`.
-#[test]
-fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
-    let dir = tempfile::tempdir().unwrap();
+/// A provider that is present for now, and small-store options that use it.
+fn flaky_options() -> (Arc<Flaky>, Options) {
     let flaky = Arc::new(Flaky {
         inner: key_provider(1),
         away: AtomicBool::new(false),
     });
     let opts = Options {
         key_provider: Some(flaky.clone()),
-        key_rotation_interval: Some(Duration::from_secs(1)),
         ..small_options(false)
+    };
+    (flaky, opts)
+}
+
+/// While the key provider is away, commits go on (rotation that falls due waits), an explicit
+/// rotation fails with `KeyProvider`, nothing is poisoned; when it is back, the rotation
+/// happens. Opening while it is away is a `KeyProvider` error, never `WrongMasterKey`.
+#[test]
+fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flaky, opts) = flaky_options();
+    let opts = Options {
+        key_rotation_interval: Some(Duration::from_secs(1)),
+        ..opts
     };
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     db.put(b"before", b"1").unwrap();
@@ -354,14 +363,7 @@ fn a_key_provider_outage_postpones_key_upkeep_without_poisoning() {
 #[test]
 fn after_reopen_an_outage_is_tolerated_until_the_key_must_rotate() {
     let dir = tempfile::tempdir().unwrap();
-    let flaky = Arc::new(Flaky {
-        inner: key_provider(1),
-        away: AtomicBool::new(false),
-    });
-    let opts = Options {
-        key_provider: Some(flaky.clone()),
-        ..small_options(false)
-    };
+    let (flaky, opts) = flaky_options();
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     db.put(b"a", b"1").unwrap();
     db.close().unwrap();
