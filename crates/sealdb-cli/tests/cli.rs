@@ -634,7 +634,8 @@ fn provisioning_a_simulated_vault_over_attested_tls() {
     assert!(stderr_of(&out).contains("refused to provision: policy refuses"));
     assert!(status(&vault.addr).contains("Unprovisioned"));
 
-    // A policy that pins no code measurement is refused before connecting.
+    // A policy that pins no code measurement: refused once the evidence's format is known,
+    // before anything is verified or sent.
     let unpinned = tmp.path().join("unpinned.toml");
     std::fs::write(
         &unpinned,

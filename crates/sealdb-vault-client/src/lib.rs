@@ -150,6 +150,16 @@ impl VaultKeyProvider {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     *guard = None;
+                    // A vault that does not answer in time is not asked again at once: the
+                    // caller should not wait twice.
+                    let timed_out = matches!(
+                        &e,
+                        sealdb_vault_proto::ProtoError::Io(io)
+                            if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+                    );
+                    if timed_out {
+                        return Err(self.fail(e));
+                    }
                     last = Some(e);
                 }
             }
