@@ -240,9 +240,13 @@ enum KeysCommand {
     RotateMaster {
         #[command(flatten)]
         store: StoreArgs,
-        /// The new master key file.
-        #[arg(long)]
-        new_key_file: PathBuf,
+        /// The new master key file (key mode `host` after the rotation).
+        #[arg(long, required_unless_present = "new_vault_socket")]
+        new_key_file: Option<PathBuf>,
+        /// The engine socket of a vault provisioned with the new master key (key mode
+        /// `vault` after the rotation; moves a `host` store into a vault).
+        #[arg(long, conflicts_with = "new_key_file")]
+        new_vault_socket: Option<PathBuf>,
     },
 }
 
@@ -507,20 +511,35 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
         KeysCommand::RotateMaster {
             store,
             new_key_file,
+            new_vault_socket,
         } => {
-            if store.key_file.is_none() {
-                return Err(fail("--key-file (the current master key) is required"));
+            if store.key_file.is_none() && store.vault_socket.is_none() {
+                return Err(fail(
+                    "the current master key is required (--key-file or --vault-socket)",
+                ));
             }
-            let new = sealdb::HostKeyProvider::from_key_file(&new_key_file)?;
+            let (new, what): (std::sync::Arc<dyn sealdb::KeyProvider>, String) =
+                match (&new_key_file, &new_vault_socket) {
+                    (Some(f), _) => (
+                        std::sync::Arc::new(sealdb::HostKeyProvider::from_key_file(f)?),
+                        f.display().to_string(),
+                    ),
+                    (None, Some(sock)) => (
+                        std::sync::Arc::new(sealdb_vault_client::VaultKeyProvider::connect(sock)?),
+                        format!("the vault at {}", sock.display()),
+                    ),
+                    (None, None) => {
+                        return Err(fail("--new-key-file or --new-vault-socket is required"))
+                    }
+                };
             let db = open(&store)?;
             let t = std::time::Instant::now();
-            db.rotate_master_key(std::sync::Arc::new(new))?;
+            db.rotate_master_key(new)?;
             let took = t.elapsed();
             db.close()?;
             say!(
-                "master key rotated in {:.1} ms; only {} opens the store now",
+                "master key rotated in {:.1} ms; only {what} opens the store now",
                 took.as_secs_f64() * 1000.0,
-                new_key_file.display()
             );
         }
     }

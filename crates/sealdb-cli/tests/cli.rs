@@ -811,3 +811,62 @@ fn a_store_in_vault_key_mode_through_the_cli() {
         stderr_of(&out)
     );
 }
+
+/// A `host` store moves into a vault by master-key rotation, and back out to a new key file.
+#[test]
+fn a_host_store_moves_into_a_vault_and_out_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("vault.sock");
+    let (owner_key, owner_pub) = owner(tmp.path(), 0x11);
+    let vault = VaultProcess::start(&owner_pub, Some(&socket));
+    let vault_master = tmp.path().join("vault-master.key");
+    std::fs::write(&vault_master, [5u8; 32]).unwrap();
+    let policy = sim_policy(tmp.path(), &own_measurement());
+    assert!(run(&provision_args(
+        &vault.addr,
+        &vault_master,
+        &owner_key,
+        &policy
+    ))
+    .status
+    .success());
+    let dir = tmp.path().join("store");
+    let (d, s) = (p(&dir), p(&socket));
+    let old = tmp.path().join("old.key");
+    let new = tmp.path().join("new.key");
+    std::fs::write(&old, [1u8; 32]).unwrap();
+    std::fs::write(&new, [2u8; 32]).unwrap();
+    let (old, new) = (p(&old), p(&new));
+    ok(&["init", "--dir", d, "--key-file", old]);
+    ok(&["put", "--dir", d, "--key-file", old, "k", "v"]);
+    let out = ok(&[
+        "keys",
+        "rotate-master",
+        "--dir",
+        d,
+        "--key-file",
+        old,
+        "--new-vault-socket",
+        s,
+    ]);
+    assert!(out.contains("only the vault at"), "{out}");
+    assert_eq!(
+        ok(&["get", "--dir", d, "--vault-socket", s, "k"]).trim(),
+        "v"
+    );
+    let refused = sealdb(&["get", "--dir", d, "--key-file", old, "k"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong master key"));
+    ok(&[
+        "keys",
+        "rotate-master",
+        "--dir",
+        d,
+        "--vault-socket",
+        s,
+        "--new-key-file",
+        new,
+    ]);
+    assert_eq!(ok(&["get", "--dir", d, "--key-file", new, "k"]).trim(), "v");
+    let refused = sealdb(&["get", "--dir", d, "--vault-socket", s, "k"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong master key"));
+}
