@@ -7,5 +7,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let (report, vcek) = data.split_at(data.len().min(1184));
     let e = Endorsements::default().with_snp_vcek(vcek.to_vec());
     let policy = Policy { allow_debug: true, ..Policy::default() };
-    let _ = verify(&Evidence { format: Format::Snp, bytes: report }, &e, &policy, None, 1_796_256_000);
+    let _ = verify(&Evidence { format: Format::Snp, bytes: report }, &e, &policy, None, 1_796_342_400);
 });

@@ -63,9 +63,14 @@ fn parse_sign1(bytes: &[u8]) -> Result<Sign1, Rejection> {
     let Value::Array(parts) = v else {
         return Err(malformed("not a COSE_Sign1 array"));
     };
-    let [protected, _unprotected, payload, signature] = parts.as_slice() else {
+    let [protected, unprotected, payload, signature] = parts.as_slice() else {
         return Err(malformed("COSE_Sign1 must have 4 parts"));
     };
+    // RFC 9052: the unprotected header is a map. It is not signed, so nothing in it is
+    // used, but a document whose structure is wrong is refused rather than half-read.
+    if !matches!(unprotected, Value::Map(_)) {
+        return Err(malformed("COSE unprotected header is not a map"));
+    }
     let get = |v: &Value, what: &str| {
         v.as_bytes()
             .cloned()

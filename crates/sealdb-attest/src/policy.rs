@@ -14,6 +14,8 @@
 //! tcb_info_tcb_evaluation_data_number = 17
 //! [versions]
 //! isv_prod_id = 1
+//! [max_versions]
+//! vmpl = 0                        # SEV-SNP: at most this VMPL
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,6 +60,10 @@ pub struct Policy {
     /// Minimum versions by claim name (e.g. `isv_svn`).
     #[serde(default)]
     pub min_versions: BTreeMap<String, u64>,
+    /// Maximum values by claim name (e.g. SEV-SNP `vmpl = 0`: the report was requested
+    /// from the most privileged level).
+    #[serde(default)]
+    pub max_versions: BTreeMap<String, u64>,
 }
 
 impl Policy {
@@ -145,6 +151,17 @@ impl Policy {
                 Some(v) => {
                     return Err(Rejection::Policy(format!(
                         "{name} {v} is below the minimum {min}"
+                    )))
+                }
+                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
+            }
+        }
+        for (name, max) in &self.max_versions {
+            match c.versions.get(name) {
+                Some(v) if v <= max => {}
+                Some(v) => {
+                    return Err(Rejection::Policy(format!(
+                        "{name} {v} is above the maximum {max}"
                     )))
                 }
                 None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),

@@ -6,7 +6,8 @@
 //! every certificate valid at `now`; the report's reported TCB equal to the TCB in the VCEK's
 //! AMD extensions; the guest policy's debug bit refused unless the policy allows debug; and
 //! the report re-encodes to exactly the bytes given (the signature check runs on `sev`'s
-//! re-encoding, which would otherwise ignore bytes it does not parse).
+//! re-encoding, which would otherwise ignore bytes it does not parse), with the zero padding
+//! of the signature's R and S (read by nothing else) required to be zero.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,15 @@ fn cert_facts(der_bytes: &[u8], which: &str) -> Result<CertFacts, Rejection> {
             // The value is a DER INTEGER.
             let n = der::asn1::Int::from_der(ext.extn_value.as_bytes())
                 .map_err(|e| malformed("SEV-SNP certificate", format!("{which} {name}: {e}")))?;
-            let b = n.as_bytes();
+            let raw = n.as_bytes();
+            // A leading zero byte only keeps the DER integer positive.
+            let b = &raw[raw.iter().take_while(|x| **x == 0).count()..];
+            if b.len() > 8 {
+                return Err(malformed(
+                    "SEV-SNP certificate",
+                    format!("{which} {name}: a TCB value of {} bytes", b.len()),
+                ));
+            }
             let value = b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x));
             tcb.insert(*name, value);
         }
@@ -91,6 +100,16 @@ pub(crate) fn verify(
         return Err(malformed(
             "SEV-SNP report",
             "non-canonical encoding (reserved bytes or fields the parser does not keep)",
+        ));
+    }
+    // R and S are P-384 values (48 bytes) zero-extended to 72 bytes, little-endian. The
+    // verifier reads only the low 48, so nonzero padding would be a second encoding of the
+    // same signature: refused, so that a changed byte anywhere is a rejection.
+    let sig = &report.signature;
+    if sig.r()[48..].iter().chain(&sig.s()[48..]).any(|b| *b != 0) {
+        return Err(malformed(
+            "SEV-SNP report",
+            "signature R or S has nonzero bytes above its 48-byte P-384 value",
         ));
     }
     let t = &report.reported_tcb;

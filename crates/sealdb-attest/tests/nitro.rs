@@ -4,7 +4,7 @@ use sealdb_attest::{verify, Claims, Endorsements, Evidence, Format, Policy, Reje
 
 const REF: u64 = 1_736_179_625;
 const DEBUG_REF: u64 = 1_665_583_200;
-const TODAY: u64 = 1_796_256_000;
+const TODAY: u64 = 1_796_342_400;
 
 fn vector(name: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -107,6 +107,18 @@ fn a_flipped_byte_is_rejected_and_garbage_never_panics() {
             check(&bad, &Endorsements::default(), &Policy::default(), REF).is_err(),
             "flip at {pos} accepted"
         );
+    }
+    // Every bit of the COSE framing (tag, array, protected header, unprotected header):
+    // the unprotected header is not signed, so only the structure check refuses it.
+    for pos in 0..16 {
+        for bit in 0..8 {
+            let mut bad = doc.clone();
+            bad[pos] ^= 1 << bit;
+            assert!(
+                check(&bad, &Endorsements::default(), &Policy::default(), REF).is_err(),
+                "flip of bit {bit} at {pos} accepted"
+            );
+        }
     }
     for cut in [0, 1, 10, doc.len() / 2, doc.len() - 1] {
         let r = check(

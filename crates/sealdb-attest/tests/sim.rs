@@ -4,7 +4,7 @@
 use sealdb_attest::sim::{measure, SimPlatform, EVIDENCE_LEN};
 use sealdb_attest::{verify, Claims, Endorsements, Evidence, Format, Policy, Rejection};
 
-const NOW: u64 = 1_796_256_000;
+const NOW: u64 = 1_796_342_400;
 
 fn check(
     bytes: &[u8],

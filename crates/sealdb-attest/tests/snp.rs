@@ -2,7 +2,7 @@
 
 use sealdb_attest::{verify, Claims, Endorsements, Evidence, Format, Policy, Rejection};
 
-const TODAY: u64 = 1_796_256_000;
+const TODAY: u64 = 1_796_342_400;
 /// After the sample VCEKs expire (2030).
 const YEAR_2032: u64 = 1_956_528_000;
 
@@ -63,10 +63,11 @@ fn both_milan_samples_are_accepted_today_and_not_after_their_vcek_expires() {
 #[test]
 fn a_vcek_that_does_not_chain_or_belongs_to_another_chip_is_rejected() {
     let r = report("report_milan.hex");
-    assert!(matches!(
-        check(&r, "vcek-invalid.der", &Policy::default(), TODAY),
-        Err(Rejection::NotAuthentic(_))
-    ));
+    let e = check(&r, "vcek-invalid.der", &Policy::default(), TODAY).unwrap_err();
+    assert!(
+        matches!(e, Rejection::NotAuthentic(ref m) if m.contains("chain")),
+        "{e}"
+    );
     // A genuine VCEK of another chip does not verify this report's signature.
     assert!(matches!(
         check(&r, "trustee-vcek.der", &Policy::default(), TODAY),
@@ -87,27 +88,40 @@ fn a_vcek_that_does_not_chain_or_belongs_to_another_chip_is_rejected() {
 }
 
 #[test]
-fn a_flipped_byte_in_the_signed_part_is_rejected() {
-    // The signature covers bytes 0x000..0x2A0; the signature itself is at 0x2A0..0x4A0.
-    let r = report("report_milan.hex");
-    let mut x: u64 = 0x1234_5678_9ABC_DEF1;
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let pos = (x % 0x2A0) as usize;
-        let mut bad = r.clone();
-        bad[pos] ^= 1 << (x >> 61);
+fn a_flipped_byte_anywhere_in_either_sample_is_rejected() {
+    // The signature covers bytes 0x000..0x2A0; the signature itself is at 0x2A0..0x4A0
+    // (R and S, 72 bytes each, then reserved bytes that must stay zero).
+    for (name, vcek) in [
+        ("report_milan.hex", "vcek_milan.der"),
+        ("trustee-report.bin", "trustee-vcek.der"),
+    ] {
+        let r = report(name);
+        assert_eq!(r.len(), 0x4A0, "{name}");
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        let mut in_signature = 0;
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pos = (x % r.len() as u64) as usize;
+            in_signature += usize::from(pos >= 0x2A0);
+            let mut bad = r.clone();
+            bad[pos] ^= 1 << (x >> 61);
+            assert!(
+                check(&bad, vcek, &Policy::default(), TODAY).is_err(),
+                "{name}: flip at {pos:#x} accepted"
+            );
+        }
         assert!(
-            check(&bad, "vcek_milan.der", &Policy::default(), TODAY).is_err(),
-            "flip at {pos} accepted"
+            in_signature > 50,
+            "{name}: {in_signature} flips in the signature"
         );
-    }
-    for cut in [0, 100, r.len() - 1] {
-        assert!(matches!(
-            check(&r[..cut], "vcek_milan.der", &Policy::default(), TODAY),
-            Err(Rejection::Malformed { .. })
-        ));
+        for cut in [0, 100, r.len() - 1] {
+            assert!(matches!(
+                check(&r[..cut], vcek, &Policy::default(), TODAY),
+                Err(Rejection::Malformed { .. })
+            ));
+        }
     }
 }
 
@@ -135,6 +149,53 @@ fn policy_pins_the_measurement_and_vmpl() {
         check(&r, "vcek_milan.der", &wrong, TODAY),
         Err(Rejection::Policy(_))
     ));
+}
+
+#[test]
+fn policy_pins_host_data_guest_policy_and_a_maximum_vmpl() {
+    let r = report("report_milan.hex");
+    let c = check(&r, "vcek_milan.der", &Policy::default(), TODAY).unwrap();
+    let guest_policy = c.versions["policy"];
+    let host_data = c.measurements["host_data"].clone();
+    let with = |toml: &str| {
+        let p = Policy::from_toml(toml).unwrap();
+        check(&r, "vcek_milan.der", &p, TODAY)
+    };
+    with(&format!(
+        "[measurements]\nhost_data = [\"{host_data}\"]\n[versions]\npolicy = {guest_policy}\n\
+         [max_versions]\nvmpl = 0\n"
+    ))
+    .unwrap();
+    let last = if host_data.ends_with('0') { '1' } else { '0' };
+    let other_host = format!("{}{last}", &host_data[..host_data.len() - 1]);
+    let refusals = [
+        (
+            format!("[measurements]\nhost_data = [\"{other_host}\"]\n"),
+            "not a reference value",
+        ),
+        (
+            format!("[versions]\npolicy = {}\n", guest_policy ^ 1 << 16),
+            "the policy requires",
+        ),
+        (
+            format!(
+                "[max_versions]\ntcb_microcode = {}\n",
+                c.versions["tcb_microcode"] - 1
+            ),
+            "above the maximum",
+        ),
+        (
+            "[max_versions]\nno_such_claim = 0\n".to_string(),
+            "has no no_such_claim",
+        ),
+    ];
+    for (toml, why) in &refusals {
+        let e = with(toml).unwrap_err();
+        assert!(
+            matches!(e, Rejection::Policy(ref m) if m.contains(why)),
+            "{toml}: {e}"
+        );
+    }
 }
 
 #[test]

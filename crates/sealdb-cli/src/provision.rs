@@ -36,7 +36,9 @@ fn code_pins(format: Format) -> &'static [&'static [&'static str]] {
         Format::Sgx => &[&["mr_enclave"], &["mr_signer", "isv_prod_id", "isv_svn"]],
         // The TD's initial image and the runtime measurements of kernel and its input.
         Format::Tdx => &[&["mr_td", "rtmr1", "rtmr2"]],
-        Format::Snp => &[&["measurement"]],
+        // The launch measurement, and the VMPL the report was requested from (a report
+        // from a less privileged level under an SVSM carries the same measurement).
+        Format::Snp => &[&["measurement", "vmpl"]],
         Format::Nitro => &[&["pcr0"]],
         Format::Sim => &[&["sim_measurement"]],
         _ => &[],
@@ -44,12 +46,13 @@ fn code_pins(format: Format) -> &'static [&'static [&'static str]] {
 }
 
 /// Whether `policy` pins every claim of one of `format`'s code-pin sets (as a measurement,
-/// an exact version or a minimum version).
+/// an exact, minimum or maximum version).
 fn pins_code(policy: &sealdb_attest::Policy, format: Format) -> bool {
     let pinned = |name: &str| {
         policy.measurements.get(name).is_some_and(|v| !v.is_empty())
             || policy.versions.contains_key(name)
             || policy.min_versions.contains_key(name)
+            || policy.max_versions.contains_key(name)
     };
     code_pins(format)
         .iter()
@@ -220,5 +223,38 @@ pub(crate) fn status(addr: &str) -> Result<String, Failure> {
     match read_message(&mut tls).map_err(wire)? {
         Message::Status { state, tee } => Ok(format!("state={state:?} tee={tee:?}")),
         other => Err(refused("the status request", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml: &str) -> sealdb_attest::Policy {
+        sealdb_attest::Policy::from_toml(toml).unwrap()
+    }
+
+    #[test]
+    fn a_policy_must_pin_every_claim_of_one_code_pin_set() {
+        let m = "[measurements]\nmeasurement = [\"ab\"]\n";
+        assert!(!pins_code(&policy(m), Format::Snp), "SNP needs vmpl too");
+        assert!(pins_code(
+            &policy(&format!("{m}[versions]\nvmpl = 0\n")),
+            Format::Snp
+        ));
+        assert!(pins_code(
+            &policy(&format!("{m}[max_versions]\nvmpl = 0\n")),
+            Format::Snp
+        ));
+        // An empty list pins nothing; a platform claim is not code.
+        let empty = "[measurements]\nmeasurement = []\nchip_id = [\"ab\"]\n[versions]\nvmpl = 0\n";
+        assert!(!pins_code(&policy(empty), Format::Snp));
+        let signer = "[measurements]\nmr_signer = [\"ab\"]\n[versions]\nisv_prod_id = 1\n";
+        assert!(!pins_code(&policy(signer), Format::Sgx));
+        let signed = format!("{signer}[min_versions]\nisv_svn = 0\n");
+        assert!(pins_code(&policy(&signed), Format::Sgx));
+        assert!(!pins_code(&policy(&signed), Format::Tdx));
+        let enclave = "[measurements]\nmr_enclave = [\"ab\"]\n";
+        assert!(pins_code(&policy(enclave), Format::Sgx));
     }
 }
