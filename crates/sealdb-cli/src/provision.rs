@@ -21,8 +21,8 @@ use sealdb_attest::{Claims, Evidence, Format};
 use sealdb_crypto::tls::rustls;
 use sealdb_crypto::{AeadKey, SecretKey};
 use sealdb_vault_proto::{
-    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Message,
-    EXPORTER_LABEL, EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
+    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Deadline,
+    Message, EXPORTER_LABEL, EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
 };
 
 use crate::attest::{read_policy, unix_now, EndorsementArgs};
@@ -59,7 +59,7 @@ fn pins_code(policy: &sealdb_attest::Policy, format: Format) -> bool {
         .any(|set| set.iter().all(|name| pinned(name)))
 }
 
-/// How long the owner waits for the vault.
+/// How long the owner waits for the vault: to connect, and then for the whole exchange.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Args)]
@@ -108,7 +108,7 @@ impl ProvisionArgs {
 }
 
 /// A TLS connection to a vault.
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+type Tls = rustls::StreamOwned<rustls::ClientConnection, Deadline<TcpStream>>;
 
 pub(crate) fn connect(addr: &str) -> Result<Tls, Failure> {
     let sock = addr
@@ -118,9 +118,8 @@ pub(crate) fn connect(addr: &str) -> Result<Tls, Failure> {
         .ok_or_else(|| fail(format!("vault address {addr} resolves to nothing")))?;
     let tcp = TcpStream::connect_timeout(&sock, TIMEOUT)
         .map_err(|e| fail(format!("connecting to the vault at {addr}: {e}")))?;
-    tcp.set_read_timeout(Some(TIMEOUT))
-        .and_then(|_| tcp.set_write_timeout(Some(TIMEOUT)))
-        .map_err(|e| fail(format!("vault connection: {e}")))?;
+    // One deadline for the whole exchange: a peer that trickles bytes cannot stretch it.
+    let tcp = Deadline::new(tcp, TIMEOUT);
     let config = sealdb_crypto::tls::attested_client_config().map_err(|e| fail(e.to_string()))?;
     let name =
         rustls::pki_types::ServerName::try_from("sealdb-vault").map_err(|e| fail(e.to_string()))?;

@@ -20,10 +20,13 @@ use std::time::Duration;
 
 use sealdb::{Error, KeyProvider, Result};
 use sealdb_crypto::SecretKey;
-use sealdb_vault_proto::{read_message, write_message, Message};
+use sealdb_vault_proto::{read_message, write_message, Deadline, Message};
 
-/// How long one request may take (they are small; a vault that takes longer is treated as
-/// unreachable).
+/// A connection to the vault, with a deadline for the request under way.
+type Conn = Deadline<UnixStream>;
+
+/// How long one request may take in all, sending it and reading the whole reply (they are
+/// small; a vault that takes longer is treated as unreachable).
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Associated data prefix of the data key that pins the vault's master key for the life of a
@@ -33,7 +36,7 @@ const IDENTITY_AAD: &[u8] = b"sealdb-vault-client identity v1 ";
 /// A [`KeyProvider`] backed by a vault.
 pub struct VaultKeyProvider {
     path: PathBuf,
-    conn: Mutex<Option<UnixStream>>,
+    conn: Mutex<Option<Conn>>,
     /// A data key the vault made and wrapped at connect, under a random associated data:
     /// every reconnection must unwrap it to the same key, which only the same master key
     /// can do, so a vault restarted with another key (or anything else answering on the
@@ -81,7 +84,7 @@ impl VaultKeyProvider {
         Ok(p)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnixStream>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
         // The connection is replaced whole or dropped; a panic elsewhere leaves it usable.
         self.conn
             .lock()
@@ -93,7 +96,7 @@ impl VaultKeyProvider {
     }
 
     /// A connection to a socket served by a process of this user.
-    fn open(&self) -> Result<UnixStream> {
+    fn open(&self) -> Result<Conn> {
         let s = UnixStream::connect(&self.path).map_err(|e| self.fail(e))?;
         let cred = rustix::net::sockopt::socket_peercred(&s).map_err(|e| self.fail(e))?;
         if cred.uid != rustix::process::geteuid() {
@@ -102,14 +105,11 @@ impl VaultKeyProvider {
                 cred.uid.as_raw()
             )));
         }
-        s.set_read_timeout(Some(TIMEOUT))
-            .and_then(|_| s.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| self.fail(e))?;
-        Ok(s)
+        Ok(Deadline::new(s, TIMEOUT))
     }
 
     /// A new connection, checked to reach a vault with the same master key as at connect.
-    fn reopen(&self) -> Result<UnixStream> {
+    fn reopen(&self) -> Result<Conn> {
         let id = self
             .identity
             .as_ref()
@@ -144,6 +144,7 @@ impl VaultKeyProvider {
             let Some(stream) = guard.as_mut() else {
                 continue;
             };
+            stream.renew(TIMEOUT);
             let reply = write_message(stream, request).and_then(|_| read_message(stream));
             match reply {
                 Ok(Message::Error { message }) => return Err(self.fail(message.escape_debug())),

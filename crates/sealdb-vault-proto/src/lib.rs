@@ -42,7 +42,11 @@
 
 #![forbid(unsafe_code)]
 
+mod deadline;
+
 use std::io::{Read, Write};
+
+pub use deadline::{Deadline, SocketTimeouts};
 
 use sealdb_attest::Format;
 use sealdb_crypto::SecretKey;

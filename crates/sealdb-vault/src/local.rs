@@ -5,13 +5,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use sealdb_vault_proto::{read_message, write_message, Message, ProtoError};
+use sealdb_vault_proto::{read_message, write_message, Deadline, Message, ProtoError};
 
 use crate::{Vault, VaultError};
 
 /// Engine connections served at once.
 const MAX_ENGINES: usize = 64;
+/// How long an engine connection may wait for (and send) its next request.
+const ENGINE_IDLE: Duration = Duration::from_secs(60);
+/// How long the engine may take to read a reply.
+const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A bound engine socket.
 #[derive(Debug)]
@@ -35,11 +40,17 @@ impl LocalServer {
                     path.display()
                 )));
             }
-            if UnixStream::connect(path).is_ok() {
-                return Err(VaultError::Config(format!(
-                    "another vault is serving {}",
-                    path.display()
-                )));
+            // Only a socket nobody listens on is stale. Any other failure to connect (no
+            // permission: another user's socket) leaves it alone.
+            match UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(VaultError::Config(format!(
+                        "another vault is serving {}",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(err("cannot tell whether a vault serves", e)),
             }
             std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
         }
@@ -109,8 +120,12 @@ impl LocalServer {
     }
 }
 
-fn serve_engine(mut stream: UnixStream, vault: &Vault) -> Result<(), ProtoError> {
+fn serve_engine(stream: UnixStream, vault: &Vault) -> Result<(), ProtoError> {
+    let mut stream = Deadline::new(stream, ENGINE_IDLE);
     loop {
+        // A request must arrive whole within ENGINE_IDLE (an idle engine's connection is
+        // closed; its client reconnects), and the reply must be taken within REPLY_DEADLINE.
+        stream.renew(ENGINE_IDLE);
         let request = match read_message(&mut stream) {
             Ok(m) => m,
             Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -126,6 +141,8 @@ fn serve_engine(mut stream: UnixStream, vault: &Vault) -> Result<(), ProtoError>
                 return Err(e);
             }
         };
-        write_message(&mut stream, &vault.engine_request(request))?;
+        let reply = vault.engine_request(request);
+        stream.renew(REPLY_DEADLINE);
+        write_message(&mut stream, &reply)?;
     }
 }

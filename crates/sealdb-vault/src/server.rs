@@ -1,13 +1,14 @@
 //! The provisioning listener: TLS 1.3 over TCP, one thread per connection.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sealdb_crypto::tls::{rustls, TlsIdentity};
 use sealdb_vault_proto::{
-    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Message,
-    ProtoError, VaultState, EXPORTER_LABEL, EXPORTER_LEN,
+    binding, owner_signed_message, read_message, spki_of_certificate, write_message, Deadline,
+    Message, ProtoError, VaultState, EXPORTER_LABEL, EXPORTER_LEN,
 };
 
 use crate::{Vault, VaultError};
@@ -50,48 +51,12 @@ pub(crate) fn spawn_bounded(
 
 /// Writes an audit line to stderr; a closed stderr loses the line, never the vault.
 pub(crate) fn audit(line: std::fmt::Arguments<'_>) {
-    use std::io::Write;
     let _ = writeln!(std::io::stderr(), "sealdb-vault: {line}");
 }
 
 /// After a failed accept (e.g. out of file descriptors), wait a little instead of spinning.
 pub(crate) fn accept_backoff() {
     std::thread::sleep(Duration::from_millis(50));
-}
-
-/// Reads and writes on `tcp` fail once `deadline` has passed, however slowly the peer sends.
-struct Deadline {
-    tcp: TcpStream,
-    until: std::time::Instant,
-}
-
-impl Deadline {
-    fn arm(&self) -> std::io::Result<()> {
-        let left = self
-            .until
-            .checked_duration_since(std::time::Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(std::io::ErrorKind::TimedOut)?;
-        self.tcp.set_read_timeout(Some(left))?;
-        self.tcp.set_write_timeout(Some(left))
-    }
-}
-
-impl std::io::Read for Deadline {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        self.tcp.read(buf)
-    }
-}
-
-impl std::io::Write for Deadline {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        self.tcp.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.tcp.flush()
-    }
 }
 
 /// A bound provisioning listener with its TLS identity.
@@ -159,10 +124,7 @@ impl Server {
         let conn = rustls::ServerConnection::new(self.identity.server_config())
             .map_err(|e| VaultError::Crypto(e.to_string()))?;
         let start = std::time::Instant::now();
-        let io = Deadline {
-            tcp,
-            until: start + FIRST_MESSAGE_DEADLINE,
-        };
+        let io = Deadline::new(tcp, FIRST_MESSAGE_DEADLINE);
         let mut tls = rustls::StreamOwned::new(conn, io);
         // The nonce and exporter of the evidence sent on this connection: a key is taken
         // only on a connection the owner could have verified, signed for this connection.
@@ -171,7 +133,7 @@ impl Server {
             let msg = match read_message(&mut tls) {
                 Ok(m) => {
                     // After a first message the connection may run to the full deadline.
-                    tls.sock.until = start + CONNECTION_DEADLINE;
+                    tls.sock.set_from(start, CONNECTION_DEADLINE);
                     m
                 }
                 Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -272,12 +234,18 @@ pub fn serve(
         .identity()
         .map(|i| format!(", INSECURE simulation: not a TEE; {i}"))
         .unwrap_or_default();
-    println!(
+    // The one line on stdout (tests and the demo read the address from it); a closed
+    // stdout is an error, not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "sealdb-vault listening on {bound} (tee: {:?}{note}){socket_note}; owner {}",
         tee.format(),
         hex_of(server.vault.owner())
-    );
-    std::io::Write::flush(&mut std::io::stdout()).map_err(ProtoError::Io)?;
+    )
+    .and_then(|()| out.flush())
+    .map_err(ProtoError::Io)?;
+    drop(out);
     server.run();
     Ok(())
 }

@@ -82,7 +82,8 @@ fn a_key_is_taken_only_from_the_owner_after_evidence_on_the_same_connection() {
     );
     assert!(!vault.is_provisioned());
     // After a challenge here: a stranger's signature, or the owner's over another nonce, is
-    // refused; the owner's over this connection is taken.
+    // refused, and so is the owner's over this nonce on another connection; the owner's over
+    // this connection is taken.
     let nonce = [2; 32];
     let r = ask(&mut c, &Message::Challenge { nonce });
     assert!(matches!(r, Message::Evidence { .. }), "{r:?}");
@@ -90,6 +91,8 @@ fn a_key_is_taken_only_from_the_owner_after_evidence_on_the_same_connection() {
     for (msg, why) in [
         (signed_key(&c, 1, &nonce, &stranger), "stranger"),
         (signed_key(&c, 1, &[3; 32], &owner()), "other nonce"),
+        // This nonce, but the exporter of another connection (a relay's own session).
+        (signed_key(&other, 1, &nonce, &owner()), "other connection"),
     ] {
         let r = ask(&mut c, &msg);
         assert!(
