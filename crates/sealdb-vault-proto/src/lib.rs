@@ -725,6 +725,54 @@ mod tests {
         back
     }
 
+    /// A reader that gives one byte per call, as a slow peer does.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            match buf.first_mut() {
+                Some(b) => *b = *first,
+                None => return Ok(0),
+            }
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_first_reservation_arrives_whole_or_not_at_all() {
+        // 200 KiB: past the 64 KiB reserved before the bytes arrive, so the buffer moves.
+        let evidence: Vec<u8> = (0..200 * 1024u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let msg = Message::Evidence {
+            format: Format::Tdx,
+            evidence: evidence.clone(),
+        };
+        let bytes = encode(&msg).unwrap();
+        match read_message(&mut Trickle(&bytes)).unwrap() {
+            Message::Evidence {
+                format,
+                evidence: e,
+            } => {
+                assert_eq!(format, Format::Tdx);
+                assert!(e == evidence, "the evidence changed on the way");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Cut anywhere in the body, before or after the buffer moved: an EOF error.
+        for cut in [10, 64 * 1024, 64 * 1024 + 5, bytes.len() - 1] {
+            let e = read_message(&mut &bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(e, ProtoError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof),
+                "cut at {cut}: {e:?}"
+            );
+        }
+    }
+
     #[test]
     fn every_message_round_trips() {
         let m = round_trip(&Message::Challenge { nonce: [9; 32] });

@@ -15,8 +15,8 @@ use crate::{Vault, VaultError};
 
 /// How long one provisioning connection may last in all.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a new connection may take to complete the handshake and send its first message,
-/// so idle connections cannot hold the few slots for long.
+/// How long a new connection may take to complete the handshake and send its challenge (or
+/// to do only status requests), so idle connections cannot hold the few slots for long.
 const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// Provisioning connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 8;
@@ -132,8 +132,12 @@ impl Server {
         loop {
             let msg = match read_message(&mut tls) {
                 Ok(m) => {
-                    // After a first message the connection may run to the full deadline.
-                    tls.sock.set_from(start, CONNECTION_DEADLINE);
+                    // Once it asks for evidence the connection may run to the full
+                    // deadline; status requests alone keep the short one, so they cannot
+                    // hold the few slots for long.
+                    if matches!(m, Message::Challenge { .. }) {
+                        tls.sock.set_from(start, CONNECTION_DEADLINE);
+                    }
                     m
                 }
                 Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
