@@ -24,7 +24,7 @@ pub(crate) enum AttestCommand {
         /// Policy file (TOML). Without it: authenticity, freshness and debug only.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// Expected report_data (hex, up to 64 bytes).
+        /// Expected report_data (hex, up to 64 bytes; 512 for Nitro's user_data).
         #[arg(long)]
         report_data: Option<String>,
         /// Judge at this time (Unix seconds); default now.
@@ -287,8 +287,12 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
                         .map_err(|e| fail(format!("--report-data is not hex: {e}")))
                 })
                 .transpose()?;
-            if expected.as_ref().is_some_and(|e| e.len() > 64) {
-                return Err(fail("--report-data is longer than 64 bytes"));
+            // Nitro's user_data may hold up to 512 bytes; every other format has 64.
+            let room = if format == Format::Nitro { 512 } else { 64 };
+            if expected.as_ref().is_some_and(|e| e.len() > room) {
+                return Err(fail(format!(
+                    "--report-data is longer than the {room} bytes {format:?} evidence holds"
+                )));
             }
             if expected.is_none() && repeat.is_none() {
                 eprintln!(
