@@ -319,6 +319,14 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
             }
             match check() {
                 Ok(claims) => {
+                    if policy.max_collateral_age_secs.is_some()
+                        && claims.collateral_issued_at.is_none()
+                    {
+                        eprintln!(
+                            "warning: max_collateral_age_secs does not apply: {format:?} \
+                             evidence has no dated collateral"
+                        );
+                    }
                     say!(
                         "{}",
                         serde_json::to_string_pretty(&claims).expect("JSON of plain values")

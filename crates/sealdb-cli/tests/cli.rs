@@ -367,6 +367,26 @@ fn attest_verify_snp_and_nitro() {
         TODAY,
     ]);
     assert!(bad.contains("does not chain"), "{bad}");
+    // A collateral age limit cannot apply to SEV-SNP: accepted, with a warning.
+    let tmp = tempfile::tempdir().unwrap();
+    let aged = tmp.path().join("aged.toml");
+    std::fs::write(&aged, "max_collateral_age_secs = 60\n").unwrap();
+    let out = sealdb(&[
+        "attest",
+        "verify",
+        "--format",
+        "snp",
+        "--evidence",
+        p(&rep),
+        "--vcek",
+        p(&vcek),
+        "--policy",
+        p(&aged),
+        "--at",
+        TODAY,
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_collateral_age_secs does not apply"));
     let doc = base.join("nitro/attestation.cose");
     ok(&[
         "attest",
