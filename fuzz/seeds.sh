@@ -32,4 +32,6 @@ wr('collateral', 'vcek_milan.der', rd('snp/vcek_milan.der'))
 wr('attest_nitro', 'attestation.cose', rd('nitro/attestation.cose'))
 wr('attest_nitro', 'debug', rd('nitro/debug-mode-doc.cbor'))
 PY
-ls "$c"/* | head -40
+for d in attest_dcap attest_snp attest_nitro collateral; do
+  echo "$d: $(find "$c/$d" -type f | wc -l) inputs"
+done

@@ -134,39 +134,46 @@ impl Policy {
                 )));
             }
         }
-        for (name, want) in &self.versions {
-            match c.versions.get(name) {
-                Some(v) if v == want => {}
-                Some(v) => {
-                    return Err(Rejection::Policy(format!(
-                        "{name} is {v}, the policy requires {want}"
-                    )))
-                }
-                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
-            }
-        }
-        for (name, min) in &self.min_versions {
-            match c.versions.get(name) {
-                Some(v) if v >= min => {}
-                Some(v) => {
-                    return Err(Rejection::Policy(format!(
-                        "{name} {v} is below the minimum {min}"
-                    )))
-                }
-                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
-            }
-        }
-        for (name, max) in &self.max_versions {
-            match c.versions.get(name) {
-                Some(v) if v <= max => {}
-                Some(v) => {
-                    return Err(Rejection::Policy(format!(
-                        "{name} {v} is above the maximum {max}"
-                    )))
-                }
-                None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
-            }
-        }
+        check_versions(
+            &self.versions,
+            c,
+            |v, want| v == want,
+            "the policy requires",
+        )?;
+        check_versions(
+            &self.min_versions,
+            c,
+            |v, min| v >= min,
+            "the policy's minimum is",
+        )?;
+        check_versions(
+            &self.max_versions,
+            c,
+            |v, max| v <= max,
+            "the policy's maximum is",
+        )?;
         Ok(())
     }
+}
+
+/// Checks each `(name, bound)` of a version table against the claim `versions[name]`; a
+/// claim the evidence lacks refuses it.
+fn check_versions(
+    table: &BTreeMap<String, u64>,
+    c: &Claims,
+    ok: fn(u64, u64) -> bool,
+    refusal: &str,
+) -> Result<(), Rejection> {
+    for (name, bound) in table {
+        match c.versions.get(name) {
+            Some(v) if ok(*v, *bound) => {}
+            Some(v) => {
+                return Err(Rejection::Policy(format!(
+                    "{name} is {v}; {refusal} {bound}"
+                )))
+            }
+            None => return Err(Rejection::Policy(format!("the evidence has no {name}"))),
+        }
+    }
+    Ok(())
 }

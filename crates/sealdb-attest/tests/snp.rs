@@ -182,7 +182,7 @@ fn policy_pins_host_data_guest_policy_and_a_maximum_vmpl() {
                 "[max_versions]\ntcb_microcode = {}\n",
                 c.versions["tcb_microcode"] - 1
             ),
-            "above the maximum",
+            "the policy's maximum is",
         ),
         (
             "[max_versions]\nno_such_claim = 0\n".to_string(),

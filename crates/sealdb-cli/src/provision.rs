@@ -28,35 +28,68 @@ use sealdb_vault_proto::{
 use crate::attest::{read_policy, unix_now, EndorsementArgs};
 use crate::{fail, Failure};
 
+/// How a policy pins one claim: only pins that exclude other code count.
+#[derive(Clone, Copy)]
+enum Pin {
+    /// A non-empty list of reference values under `[measurements]`.
+    Measured(&'static str),
+    /// An exact value under `[versions]`.
+    Exactly(&'static str),
+    /// An exact value, or a floor under `[min_versions]` (a version that only grows).
+    AtLeast(&'static str),
+    /// An exact value, or a ceiling under `[max_versions]` (a privilege level: lower is
+    /// more privileged, so a floor would exclude nothing).
+    AtMost(&'static str),
+}
+
+impl Pin {
+    fn name(self) -> &'static str {
+        match self {
+            Pin::Measured(n) | Pin::Exactly(n) | Pin::AtLeast(n) | Pin::AtMost(n) => n,
+        }
+    }
+
+    fn is_pinned_by(self, policy: &sealdb_attest::Policy) -> bool {
+        let exact = |n| policy.versions.contains_key(n);
+        match self {
+            Pin::Measured(n) => policy.measurements.get(n).is_some_and(|v| !v.is_empty()),
+            Pin::Exactly(n) => exact(n),
+            Pin::AtLeast(n) => exact(n) || policy.min_versions.contains_key(n),
+            Pin::AtMost(n) => exact(n) || policy.max_versions.contains_key(n),
+        }
+    }
+}
+
 /// What a policy must pin, by evidence format, before a key is released: claims that
 /// measure the vault's code, not only the platform. Each inner list is one acceptable set.
-fn code_pins(format: Format) -> &'static [&'static [&'static str]] {
+fn code_pins(format: Format) -> &'static [&'static [Pin]] {
+    use Pin::{AtLeast, AtMost, Exactly, Measured};
     match format {
         // MRENCLAVE, or a signer with its product and a minimum version.
-        Format::Sgx => &[&["mr_enclave"], &["mr_signer", "isv_prod_id", "isv_svn"]],
+        Format::Sgx => &[
+            &[Measured("mr_enclave")],
+            &[
+                Measured("mr_signer"),
+                Exactly("isv_prod_id"),
+                AtLeast("isv_svn"),
+            ],
+        ],
         // The TD's initial image and the runtime measurements of kernel and its input.
-        Format::Tdx => &[&["mr_td", "rtmr1", "rtmr2"]],
+        Format::Tdx => &[&[Measured("mr_td"), Measured("rtmr1"), Measured("rtmr2")]],
         // The launch measurement, and the VMPL the report was requested from (a report
         // from a less privileged level under an SVSM carries the same measurement).
-        Format::Snp => &[&["measurement", "vmpl"]],
-        Format::Nitro => &[&["pcr0"]],
-        Format::Sim => &[&["sim_measurement"]],
+        Format::Snp => &[&[Measured("measurement"), AtMost("vmpl")]],
+        Format::Nitro => &[&[Measured("pcr0")]],
+        Format::Sim => &[&[Measured("sim_measurement")]],
         _ => &[],
     }
 }
 
-/// Whether `policy` pins every claim of one of `format`'s code-pin sets (as a measurement,
-/// an exact, minimum or maximum version).
+/// Whether `policy` pins every claim of one of `format`'s code-pin sets.
 fn pins_code(policy: &sealdb_attest::Policy, format: Format) -> bool {
-    let pinned = |name: &str| {
-        policy.measurements.get(name).is_some_and(|v| !v.is_empty())
-            || policy.versions.contains_key(name)
-            || policy.min_versions.contains_key(name)
-            || policy.max_versions.contains_key(name)
-    };
     code_pins(format)
         .iter()
-        .any(|set| set.iter().all(|name| pinned(name)))
+        .any(|set| set.iter().all(|pin| pin.is_pinned_by(policy)))
 }
 
 /// How long the owner waits for the vault: to connect, and then for the whole exchange.
@@ -165,7 +198,10 @@ pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
         other => return Err(refused("the challenge", other)),
     };
     if !pins_code(&policy, format) && !args.allow_unpinned {
-        let sets: Vec<String> = code_pins(format).iter().map(|s| s.join(" + ")).collect();
+        let sets: Vec<String> = code_pins(format)
+            .iter()
+            .map(|s| s.iter().map(|p| p.name()).collect::<Vec<_>>().join(" + "))
+            .collect();
         return Err(fail(format!(
             "the policy {} pins no code measurement for {format:?} evidence (one of: {}), so \
              any code in a genuine TEE would get the key; pin one or pass --allow-unpinned",
@@ -229,31 +265,37 @@ pub(crate) fn status(addr: &str) -> Result<String, Failure> {
 mod tests {
     use super::*;
 
-    fn policy(toml: &str) -> sealdb_attest::Policy {
-        sealdb_attest::Policy::from_toml(toml).unwrap()
+    fn pins(toml: &str, format: Format) -> bool {
+        pins_code(&sealdb_attest::Policy::from_toml(toml).unwrap(), format)
     }
 
     #[test]
     fn a_policy_must_pin_every_claim_of_one_code_pin_set() {
         let m = "[measurements]\nmeasurement = [\"ab\"]\n";
-        assert!(!pins_code(&policy(m), Format::Snp), "SNP needs vmpl too");
-        assert!(pins_code(
-            &policy(&format!("{m}[versions]\nvmpl = 0\n")),
-            Format::Snp
-        ));
-        assert!(pins_code(
-            &policy(&format!("{m}[max_versions]\nvmpl = 0\n")),
+        assert!(!pins(m, Format::Snp), "SNP needs vmpl too");
+        assert!(pins(&format!("{m}[versions]\nvmpl = 0\n"), Format::Snp));
+        assert!(pins(&format!("{m}[max_versions]\nvmpl = 0\n"), Format::Snp));
+        // A floor on the VMPL excludes no less privileged level.
+        assert!(!pins(
+            &format!("{m}[min_versions]\nvmpl = 0\n"),
             Format::Snp
         ));
         // An empty list pins nothing; a platform claim is not code.
         let empty = "[measurements]\nmeasurement = []\nchip_id = [\"ab\"]\n[versions]\nvmpl = 0\n";
-        assert!(!pins_code(&policy(empty), Format::Snp));
+        assert!(!pins(empty, Format::Snp));
         let signer = "[measurements]\nmr_signer = [\"ab\"]\n[versions]\nisv_prod_id = 1\n";
-        assert!(!pins_code(&policy(signer), Format::Sgx));
+        assert!(!pins(signer, Format::Sgx));
         let signed = format!("{signer}[min_versions]\nisv_svn = 0\n");
-        assert!(pins_code(&policy(&signed), Format::Sgx));
-        assert!(!pins_code(&policy(&signed), Format::Tdx));
-        let enclave = "[measurements]\nmr_enclave = [\"ab\"]\n";
-        assert!(pins_code(&policy(enclave), Format::Sgx));
+        assert!(pins(&signed, Format::Sgx));
+        assert!(!pins(&signed, Format::Tdx));
+        // The product id must be exact, and a ceiling on the SVN is no floor.
+        let loose =
+            "[measurements]\nmr_signer = [\"ab\"]\n[min_versions]\nisv_prod_id = 1\nisv_svn = 0\n";
+        assert!(!pins(loose, Format::Sgx));
+        assert!(!pins(
+            &format!("{signer}[max_versions]\nisv_svn = 9\n"),
+            Format::Sgx
+        ));
+        assert!(pins("[measurements]\nmr_enclave = [\"ab\"]\n", Format::Sgx));
     }
 }

@@ -12,19 +12,19 @@ pub trait SocketTimeouts {
     fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()>;
 }
 
-impl SocketTimeouts for TcpStream {
-    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
-        self.set_write_timeout(Some(timeout))
-    }
+/// std's socket types have the same two setters but no trait for them.
+macro_rules! socket_timeouts {
+    ($($t:ty),*) => {$(
+        impl SocketTimeouts for $t {
+            fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(timeout))?;
+                self.set_write_timeout(Some(timeout))
+            }
+        }
+    )*};
 }
 
-impl SocketTimeouts for UnixStream {
-    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
-        self.set_write_timeout(Some(timeout))
-    }
-}
+socket_timeouts!(TcpStream, UnixStream);
 
 /// A socket whose reads and writes fail with [`ErrorKind::TimedOut`] once its deadline has
 /// passed, however slowly the peer sends: before each call the socket's timeouts are set

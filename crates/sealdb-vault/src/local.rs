@@ -24,6 +24,7 @@ pub struct LocalServer {
     listener: UnixListener,
     path: PathBuf,
     vault: Arc<Vault>,
+    idle: Duration,
 }
 
 impl LocalServer {
@@ -75,7 +76,15 @@ impl LocalServer {
             listener,
             path: path.to_path_buf(),
             vault,
+            idle: ENGINE_IDLE,
         })
+    }
+
+    /// How long a connection may wait for (and send) its next request before the vault
+    /// closes it; 60 s unless set. The client reconnects after such a close.
+    pub fn with_idle_limit(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// The socket's path.
@@ -86,7 +95,7 @@ impl LocalServer {
     /// Serves engine connections until the process ends (at most 64 at once).
     pub fn run(self) {
         let me = rustix::process::geteuid();
-        let vault = self.vault;
+        let (vault, idle) = (self.vault, self.idle);
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in self.listener.incoming() {
             let stream = match stream {
@@ -109,7 +118,7 @@ impl LocalServer {
             }
             let vault = vault.clone();
             let accepted = crate::server::spawn_bounded(&running, MAX_ENGINES, move || {
-                let _ = serve_engine(stream, &vault);
+                let _ = serve_engine(stream, &vault, idle);
             });
             if !accepted {
                 crate::server::audit(format_args!(
@@ -120,17 +129,20 @@ impl LocalServer {
     }
 }
 
-fn serve_engine(stream: UnixStream, vault: &Vault) -> Result<(), ProtoError> {
-    let mut stream = Deadline::new(stream, ENGINE_IDLE);
+fn serve_engine(stream: UnixStream, vault: &Vault, idle: Duration) -> Result<(), ProtoError> {
+    let mut stream = Deadline::new(stream, idle);
     loop {
-        // A request must arrive whole within ENGINE_IDLE (an idle engine's connection is
-        // closed; its client reconnects), and the reply must be taken within REPLY_DEADLINE.
-        stream.renew(ENGINE_IDLE);
+        // A request must arrive whole within `idle` (an idle engine's connection is closed;
+        // its client reconnects), and the reply must be taken within REPLY_DEADLINE.
+        stream.renew(idle);
         let request = match read_message(&mut stream) {
             Ok(m) => m,
             Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(())
             }
+            // A timeout or a broken connection gets no answer: a reply nobody asked for
+            // could be read as the answer to a request sent just before the close.
+            Err(e @ ProtoError::Io(_)) => return Err(e),
             Err(e) => {
                 let _ = write_message(
                     &mut stream,

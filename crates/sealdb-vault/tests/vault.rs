@@ -199,6 +199,39 @@ fn gramine_evidence_comes_from_its_attestation_files() {
     assert!(e.contains("user_report_data"), "{e}");
 }
 
+/// The vault closes an engine connection that stays idle past its limit, without a word;
+/// the client's next request reconnects (checking the pinned master key) and succeeds.
+#[test]
+fn an_idle_engine_connection_is_closed_and_the_client_reconnects() {
+    use sealdb::KeyProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.sock");
+    let vault = Arc::new(Vault::new(
+        Box::new(Simulated::new().unwrap()),
+        owner().public_key(),
+    ));
+    vault.provision(key(5), b"m", &owner().sign(b"m")).unwrap();
+    let idle = std::time::Duration::from_millis(200);
+    let local = sealdb_vault::LocalServer::bind(&path, vault.clone())
+        .unwrap()
+        .with_idle_limit(idle);
+    std::thread::spawn(move || local.run());
+    // A raw connection left idle is closed: EOF, not an unasked-for Error frame.
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut raw, &mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes sent on close", rest.len());
+    let client = sealdb_vault_client::VaultKeyProvider::connect(&path).unwrap();
+    let (dk, wrapped) = client.new_data_key(b"k").unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(idle * 3);
+        let back = client.unwrap_data_key(b"k", &wrapped).unwrap().unwrap();
+        assert!(back.ct_eq(&dk));
+    }
+}
+
 #[test]
 fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
     use std::os::unix::fs::PermissionsExt;
