@@ -896,7 +896,8 @@ impl Db {
     /// chunk, new tables, the next manifest). Returns its id.
     pub fn rotate_data_key(&self) -> Result<u32> {
         self.inner.check()?;
-        let id = self.inner.keys.rotate(self.inner.storage.as_ref())?;
+        let r = self.inner.keys.rotate(self.inner.storage.as_ref());
+        let id = self.inner.poison_on_io_err(r)?;
         let mut c = self.inner.commit.lock();
         self.inner.refresh_wal_key(&mut c);
         Ok(id)
@@ -905,11 +906,17 @@ impl Db {
     /// Re-wraps every data key under a new master key (given as its provider) and switches to
     /// it, while reads and writes go on. No data file is rewritten; afterwards only the new
     /// master key opens the store.
+    ///
+    /// An I/O error poisons the store: the registry may or may not be under the new key
+    /// after it (the new registry may be in place but not durable), so keep both master keys
+    /// until a rotation reports success, and reopen with the one that opens.
     pub fn rotate_master_key(&self, new: Arc<dyn KeyProvider>) -> Result<()> {
         self.inner.check()?;
-        self.inner
+        let r = self
+            .inner
             .keys
-            .rotate_master(self.inner.storage.as_ref(), new)
+            .rotate_master(self.inner.storage.as_ref(), new);
+        self.inner.poison_on_io_err(r)
     }
 
     /// Rewrites, now, every live file whose data key is older than `max_age`: the memtable is
@@ -1079,6 +1086,15 @@ impl Inner {
         if slot.is_none() {
             *slot = Some(e);
         }
+    }
+
+    /// Poisons after a failed write or sync, not after a refusal that wrote nothing (a key
+    /// provider's, say).
+    fn poison_on_io_err<T>(&self, r: Result<T>) -> Result<T> {
+        if matches!(r, Err(Error::Io { .. })) {
+            return self.poison_on_err(r);
+        }
+        r
     }
 
     fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {

@@ -394,3 +394,61 @@ fn after_reopen_an_outage_is_tolerated_until_the_key_must_rotate() {
         "sealing went on past the unit limit without a provider: {failed:?}"
     );
 }
+
+/// A fault at each write or sync of a master-key rotation (the registry's temp file, its
+/// sync, the rename, the directory sync): the rotation fails with an I/O error and poisons
+/// the store, and afterwards exactly one of the two master keys opens it, with every
+/// synced write, both from the files as they are and from what a crash would leave. When
+/// only the directory sync failed, the new registry is in place: the new key opens the
+/// live files (which is why both keys must be kept until a rotation reports success).
+#[test]
+fn a_failed_master_rotation_poisons_and_one_of_the_two_keys_opens_the_store() {
+    use sealdb::fs::MemStorage;
+    let opts = |mem: &MemStorage, key: u8| Options {
+        storage: Some(Arc::new(mem.clone())),
+        sync_writes: true,
+        key_provider: Some(key_provider(key)),
+        ..small_options(true)
+    };
+    // small_options' master key is 7; the rotation moves to 2.
+    for countdown in 0..5 {
+        let mem = MemStorage::new();
+        let db = Db::open("", opts(&mem, 7)).unwrap();
+        for i in 0..50 {
+            db.put(format!("k{i:03}").as_bytes(), b"v").unwrap();
+        }
+        mem.fail_after(countdown);
+        let r = db.rotate_master_key(key_provider(2));
+        assert!(
+            matches!(r, Err(Error::Io { .. })),
+            "countdown {countdown}: {r:?}"
+        );
+        assert!(matches!(db.put(b"x", b"y"), Err(Error::Poisoned)));
+        drop(db);
+        mem.heal();
+        let crashed = mem.crash_image(|_, _| 0);
+        for (image, what) in [(crashed, "crash image"), (mem, "live files")] {
+            let opening: Vec<u8> = [7u8, 2]
+                .into_iter()
+                .filter(|k| match Db::open("", opts(&image, *k)) {
+                    Ok(db) => {
+                        assert_eq!(contents(&db).len(), 50, "countdown {countdown}, {what}");
+                        db.close().unwrap();
+                        true
+                    }
+                    Err(Error::WrongMasterKey(_)) => false,
+                    Err(e) => panic!("countdown {countdown}, {what}: {e}"),
+                })
+                .collect();
+            assert_eq!(
+                opening.len(),
+                1,
+                "countdown {countdown}, {what}: {opening:?}"
+            );
+            if what == "live files" {
+                let expect = if countdown == 4 { 2 } else { 7 };
+                assert_eq!(opening, [expect], "countdown {countdown}");
+            }
+        }
+    }
+}
