@@ -340,51 +340,32 @@ fn attest_verify_snp_and_nitro() {
         base.join("snp/report_milan.hex"),
         base.join("snp/vcek_milan.der"),
     );
-    let claims: serde_json::Value = serde_json::from_str(&ok(&[
-        "attest",
-        "verify",
-        "--format",
-        "snp",
-        "--evidence",
-        p(&rep),
-        "--vcek",
-        p(&vcek),
-        "--at",
-        TODAY,
-    ]))
-    .unwrap();
+    // `attest verify` of the Milan report at TODAY with `vcek` and `extra` arguments.
+    let snp = |vcek: &Path, extra: &[&str]| {
+        let mut args = vec!["attest", "verify", "--format", "snp", "--at", TODAY];
+        args.extend(["--evidence", p(&rep), "--vcek", p(vcek)]);
+        args.extend(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: &[String]| sealdb(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&snp(&vcek, &[]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(claims["versions"]["vmpl"], 0);
-    let bad = rejected(&[
-        "attest",
-        "verify",
-        "--format",
-        "snp",
-        "--evidence",
-        p(&rep),
-        "--vcek",
-        p(&base.join("snp/vcek-invalid.der")),
-        "--at",
-        TODAY,
-    ]);
-    assert!(bad.contains("does not chain"), "{bad}");
+    let bad = run(&snp(&base.join("snp/vcek-invalid.der"), &[]));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty());
+    let why = String::from_utf8_lossy(&bad.stderr);
+    assert!(why.contains("does not chain"), "{why}");
     // A collateral age limit cannot apply to SEV-SNP: accepted, with a warning.
     let tmp = tempfile::tempdir().unwrap();
     let aged = tmp.path().join("aged.toml");
     std::fs::write(&aged, "max_collateral_age_secs = 60\n").unwrap();
-    let out = sealdb(&[
-        "attest",
-        "verify",
-        "--format",
-        "snp",
-        "--evidence",
-        p(&rep),
-        "--vcek",
-        p(&vcek),
-        "--policy",
-        p(&aged),
-        "--at",
-        TODAY,
-    ]);
+    let out = run(&snp(&vcek, &["--policy", p(&aged)]));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_collateral_age_secs does not apply"));
     let doc = base.join("nitro/attestation.cose");
