@@ -199,17 +199,19 @@ fn gramine_evidence_comes_from_its_attestation_files() {
     assert!(e.contains("user_report_data"), "{e}");
 }
 
+/// A simulated vault for `owner()`, not provisioned, and a directory for its socket.
+fn sim_vault() -> (tempfile::TempDir, Arc<Vault>) {
+    let vault = Vault::new(Box::new(Simulated::new().unwrap()), owner().public_key());
+    (tempfile::tempdir().unwrap(), Arc::new(vault))
+}
+
 /// The vault closes an engine connection that stays idle past its limit, without a word;
 /// the client's next request reconnects (checking the pinned master key) and succeeds.
 #[test]
 fn an_idle_engine_connection_is_closed_and_the_client_reconnects() {
     use sealdb::KeyProvider;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, vault) = sim_vault();
     let path = dir.path().join("vault.sock");
-    let vault = Arc::new(Vault::new(
-        Box::new(Simulated::new().unwrap()),
-        owner().public_key(),
-    ));
     vault.provision(key(5), b"m", &owner().sign(b"m")).unwrap();
     let idle = std::time::Duration::from_millis(200);
     let local = sealdb_vault::LocalServer::bind(&path, vault.clone())
@@ -235,12 +237,8 @@ fn an_idle_engine_connection_is_closed_and_the_client_reconnects() {
 #[test]
 fn the_engine_socket_serves_master_key_operations_only_when_provisioned() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, vault) = sim_vault();
     let path = dir.path().join("vault.sock");
-    let vault = Arc::new(Vault::new(
-        Box::new(Simulated::new().unwrap()),
-        owner().public_key(),
-    ));
     let local = sealdb_vault::LocalServer::bind(&path, vault.clone()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
