@@ -168,6 +168,7 @@ fn claims_of(report: &Report, now: u64) -> Claims {
         report_data: hex::encode(report_data),
         collateral: BTreeMap::new(),
         collateral_issued_at: None,
+        evidence_created_at: None,
         verified_at: now,
     }
 }

@@ -145,6 +145,9 @@ pub struct Claims {
     /// identity `issueDate`, PCK CRL `thisUpdate`), Unix seconds; `None` for formats without
     /// dated collateral.
     pub collateral_issued_at: Option<u64>,
+    /// When the TEE made the evidence, Unix seconds, for formats that say: Nitro's
+    /// `timestamp` (signed, in milliseconds, rounded down here); `None` for the others.
+    pub evidence_created_at: Option<u64>,
     /// The time the evidence was judged at (Unix seconds).
     pub verified_at: u64,
 }

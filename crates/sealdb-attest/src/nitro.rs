@@ -213,6 +213,11 @@ pub(crate) fn verify(
     if let Some(id) = field(map, "module_id").and_then(Value::as_text) {
         measurements.insert("module_id".into(), id.to_string());
     }
+    // Milliseconds since the Unix epoch (AWS: a required field).
+    let created_ms = field(map, "timestamp")
+        .and_then(Value::as_integer)
+        .and_then(|t| u64::try_from(t).ok())
+        .ok_or_else(|| malformed("missing or non-integer timestamp"))?;
     let user_data = field(map, "user_data")
         .and_then(Value::as_bytes)
         .cloned()
@@ -229,6 +234,7 @@ pub(crate) fn verify(
         report_data: hex::encode(&user_data),
         collateral: BTreeMap::new(),
         collateral_issued_at: None,
+        evidence_created_at: Some(created_ms / 1000),
         verified_at: now,
     };
     if claims.debug && !policy.allow_debug {

@@ -6,6 +6,7 @@
 //! allowed_tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 //! allow_debug = false
 //! max_collateral_age_secs = 2592000   # 30 days
+//! max_evidence_age_secs = 300         # Nitro documents at most 5 minutes old
 //! rejected_advisories = ["INTEL-SA-00615"]
 //! [measurements]
 //! mr_enclave = ["c1a2…"]          # any of these
@@ -51,6 +52,10 @@ pub struct Policy {
     /// `thisUpdate`; see `Claims::collateral_issued_at`).
     #[serde(default)]
     pub max_collateral_age_secs: Option<u64>,
+    /// The oldest acceptable evidence, in seconds before the verification time, for formats
+    /// that date it (Nitro's `timestamp`; see `Claims::evidence_created_at`).
+    #[serde(default)]
+    pub max_evidence_age_secs: Option<u64>,
     /// Reference measurements by claim name: the claim must equal one of the values (hex).
     #[serde(default)]
     pub measurements: BTreeMap<String, Vec<String>>,
@@ -110,6 +115,14 @@ impl Policy {
             if age > max {
                 return Err(Rejection::Policy(format!(
                     "collateral issued at {issued} is {age} s old, the policy allows {max} s"
+                )));
+            }
+        }
+        if let (Some(max), Some(made)) = (self.max_evidence_age_secs, c.evidence_created_at) {
+            let age = c.verified_at.saturating_sub(made);
+            if age > max {
+                return Err(Rejection::Policy(format!(
+                    "evidence made at {made} is {age} s old, the policy allows {max} s"
                 )));
             }
         }

@@ -116,6 +116,7 @@ pub(crate) fn verify(
         report_data: hex::encode(p.report_data),
         collateral: BTreeMap::new(),
         collateral_issued_at: None,
+        evidence_created_at: None,
         verified_at: now,
     })
 }

@@ -143,6 +143,7 @@ pub(crate) fn verify(
         report_data: hex::encode(report.report_data),
         collateral: BTreeMap::new(),
         collateral_issued_at: None,
+        evidence_created_at: None,
         verified_at: now,
     };
     if claims.debug && !policy.allow_debug {

@@ -53,6 +53,28 @@ fn real_document_is_accepted_at_its_time_and_rejected_today() {
 }
 
 #[test]
+fn the_documents_creation_time_is_claimed_and_its_age_policed() {
+    let doc = vector("attestation.cose");
+    let c = check(&doc, &Endorsements::default(), &Policy::default(), REF).unwrap();
+    // The reference time is the document's own (its leaf certificate lasts ~3 hours).
+    let made = c.evidence_created_at.expect("Nitro documents are dated");
+    assert!(made <= REF && REF - made < 3 * 3600, "made at {made}");
+    // A minute later, the document is 60 s (plus whatever it was at REF) old.
+    let now = REF + 60;
+    let age = now - made;
+    let at_most = |secs: u64| {
+        let p = Policy::from_toml(&format!("max_evidence_age_secs = {secs}\n")).unwrap();
+        check(&doc, &Endorsements::default(), &p, now)
+    };
+    at_most(age).unwrap();
+    let e = at_most(age - 1).unwrap_err();
+    assert!(
+        matches!(e, Rejection::Policy(ref m) if m.contains("s old")),
+        "{e}"
+    );
+}
+
+#[test]
 fn debug_enclave_is_refused_by_default_but_its_signature_is_valid() {
     let doc = vector("debug-mode-doc.cbor");
     assert_eq!(

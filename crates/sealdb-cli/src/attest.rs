@@ -319,13 +319,26 @@ pub(crate) fn run(cmd: AttestCommand) -> Result<(), Failure> {
             }
             match check() {
                 Ok(claims) => {
-                    if policy.max_collateral_age_secs.is_some()
-                        && claims.collateral_issued_at.is_none()
-                    {
-                        eprintln!(
-                            "warning: max_collateral_age_secs does not apply: {format:?} \
-                             evidence has no dated collateral"
-                        );
+                    // Age limits that the evidence's format gives nothing to apply to.
+                    for (set, dated, name, what) in [
+                        (
+                            policy.max_collateral_age_secs,
+                            claims.collateral_issued_at,
+                            "max_collateral_age_secs",
+                            "dated collateral",
+                        ),
+                        (
+                            policy.max_evidence_age_secs,
+                            claims.evidence_created_at,
+                            "max_evidence_age_secs",
+                            "creation time",
+                        ),
+                    ] {
+                        if set.is_some() && dated.is_none() {
+                            eprintln!(
+                                "warning: {name} does not apply: {format:?} evidence has no {what}"
+                            );
+                        }
                     }
                     say!(
                         "{}",

@@ -361,13 +361,23 @@ fn attest_verify_snp_and_nitro() {
     assert!(bad.stdout.is_empty());
     let why = String::from_utf8_lossy(&bad.stderr);
     assert!(why.contains("does not chain"), "{why}");
-    // A collateral age limit cannot apply to SEV-SNP: accepted, with a warning.
+    // Collateral and evidence age limits cannot apply to SEV-SNP: accepted, with warnings.
     let tmp = tempfile::tempdir().unwrap();
     let aged = tmp.path().join("aged.toml");
-    std::fs::write(&aged, "max_collateral_age_secs = 60\n").unwrap();
+    std::fs::write(
+        &aged,
+        "max_collateral_age_secs = 60\nmax_evidence_age_secs = 60\n",
+    )
+    .unwrap();
     let out = run(&snp(&vcek, &["--policy", p(&aged)]));
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_collateral_age_secs does not apply"));
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    for name in ["max_collateral_age_secs", "max_evidence_age_secs"] {
+        assert!(
+            warnings.contains(&format!("{name} does not apply")),
+            "{warnings}"
+        );
+    }
     let doc = base.join("nitro/attestation.cose");
     ok(&[
         "attest",
