@@ -56,9 +56,10 @@ fn real_document_is_accepted_at_its_time_and_rejected_today() {
 fn the_documents_creation_time_is_claimed_and_its_age_policed() {
     let doc = vector("attestation.cose");
     let c = check(&doc, &Endorsements::default(), &Policy::default(), REF).unwrap();
-    // The reference time is the document's own (its leaf certificate lasts ~3 hours).
+    // The sample's timestamp is 1736179625472 ms, rounded down; the reference time is
+    // the document's own (its leaf certificate lasts ~3 hours).
     let made = c.evidence_created_at.expect("Nitro documents are dated");
-    assert!(made <= REF && REF - made < 3 * 3600, "made at {made}");
+    assert_eq!(made, 1_736_179_625);
     // A minute later, the document is 60 s (plus whatever it was at REF) old.
     let now = REF + 60;
     let age = now - made;
@@ -72,6 +73,36 @@ fn the_documents_creation_time_is_claimed_and_its_age_policed() {
         matches!(e, Rejection::Policy(ref m) if m.contains("s old")),
         "{e}"
     );
+    // Without a timestamp, or with a negative one, the document is malformed (found before
+    // its signature is checked, which the change breaks anyway).
+    use ciborium::Value;
+    let Value::Array(mut parts) = ciborium::de::from_reader(&doc[..]).unwrap() else {
+        panic!("not an array")
+    };
+    let body = parts[2].as_bytes().unwrap().clone();
+    let Value::Map(payload) = ciborium::de::from_reader(&body[..]).unwrap() else {
+        panic!("payload not a map")
+    };
+    for timestamp in [None, Some(Value::Integer((-1).into()))] {
+        let mut fields: Vec<(Value, Value)> = payload
+            .iter()
+            .filter(|(k, _)| k.as_text() != Some("timestamp"))
+            .cloned()
+            .collect();
+        if let Some(t) = timestamp.clone() {
+            fields.push((Value::Text("timestamp".into()), t));
+        }
+        let mut body = Vec::new();
+        ciborium::ser::into_writer(&Value::Map(fields), &mut body).unwrap();
+        parts[2] = Value::Bytes(body);
+        let mut bad = Vec::new();
+        ciborium::ser::into_writer(&Value::Array(parts.clone()), &mut bad).unwrap();
+        let e = check(&bad, &Endorsements::default(), &Policy::default(), REF).unwrap_err();
+        assert!(
+            matches!(e, Rejection::Malformed { ref detail, .. } if detail.contains("timestamp")),
+            "{timestamp:?}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -389,6 +389,33 @@ fn attest_verify_snp_and_nitro() {
         "--at",
         "1736179625",
     ]);
+    // The document's age, a minute after it was made: within 3600 s, not within 30 s.
+    let later = (1_736_179_625u64 + 60).to_string();
+    for (max, accepted) in [(3600, true), (30, false)] {
+        let policy = tmp.path().join(format!("nitro-{max}.toml"));
+        std::fs::write(&policy, format!("max_evidence_age_secs = {max}\n")).unwrap();
+        let args = [
+            "attest",
+            "verify",
+            "--format",
+            "nitro",
+            "--evidence",
+            p(&doc),
+            "--policy",
+            p(&policy),
+            "--at",
+            &later,
+        ];
+        if accepted {
+            let out = sealdb(&args);
+            assert!(out.status.success());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("does not apply"), "{stderr}");
+        } else {
+            let why = rejected(&args);
+            assert!(why.contains("s old"), "{why}");
+        }
+    }
     let today = rejected(&[
         "attest",
         "verify",
