@@ -32,6 +32,11 @@ fn rejected(args: &[&str]) -> String {
 /// has expired. SNP runs pass it so that they keep their meaning after 2030.
 const TODAY: &str = "1796342400";
 
+/// Owned arguments as the `&str`s `sealdb` takes.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -347,7 +352,7 @@ fn attest_verify_snp_and_nitro() {
         args.extend(extra);
         args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
     };
-    let run = |args: &[String]| sealdb(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = |args: &[String]| sealdb(&strs(args));
     let out = run(&snp(&vcek, &[]));
     assert!(
         out.status.success(),
@@ -379,62 +384,40 @@ fn attest_verify_snp_and_nitro() {
         );
     }
     let doc = base.join("nitro/attestation.cose");
-    ok(&[
-        "attest",
-        "verify",
-        "--format",
-        "nitro",
-        "--evidence",
-        p(&doc),
-        "--at",
-        "1736179625",
-    ]);
-    // The document's age, a minute after it was made: within 3600 s, not within 30 s.
-    let later = (1_736_179_625u64 + 60).to_string();
-    for (max, accepted) in [(3600, true), (30, false)] {
-        let policy = tmp.path().join(format!("nitro-{max}.toml"));
-        std::fs::write(&policy, format!("max_evidence_age_secs = {max}\n")).unwrap();
-        let args = [
+    // `attest verify` of a Nitro document with `extra` arguments.
+    let nitro = |doc: &Path, extra: &[&str]| {
+        let mut args = vec![
             "attest",
             "verify",
             "--format",
             "nitro",
             "--evidence",
-            p(&doc),
-            "--policy",
-            p(&policy),
-            "--at",
-            &later,
+            p(doc),
         ];
+        args.extend(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    ok(&strs(&nitro(&doc, &["--at", "1736179625"])));
+    // The document's age, a minute after it was made: within 3600 s, not within 30 s.
+    let later = (1_736_179_625u64 + 60).to_string();
+    for (max, accepted) in [(3600, true), (30, false)] {
+        let policy = tmp.path().join(format!("nitro-{max}.toml"));
+        std::fs::write(&policy, format!("max_evidence_age_secs = {max}\n")).unwrap();
+        let args = nitro(&doc, &["--policy", p(&policy), "--at", &later]);
         if accepted {
-            let out = sealdb(&args);
+            let out = run(&args);
             assert!(out.status.success());
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!stderr.contains("does not apply"), "{stderr}");
         } else {
-            let why = rejected(&args);
+            let why = rejected(&strs(&args));
             assert!(why.contains("s old"), "{why}");
         }
     }
-    let today = rejected(&[
-        "attest",
-        "verify",
-        "--format",
-        "nitro",
-        "--evidence",
-        p(&doc),
-    ]);
+    let today = rejected(&strs(&nitro(&doc, &[])));
     assert!(today.contains("not valid"), "{today}");
-    let debug = rejected(&[
-        "attest",
-        "verify",
-        "--format",
-        "nitro",
-        "--evidence",
-        p(&base.join("nitro/debug-mode-doc.cbor")),
-        "--at",
-        "1665583200",
-    ]);
+    let debug_doc = base.join("nitro/debug-mode-doc.cbor");
+    let debug = rejected(&strs(&nitro(&debug_doc, &["--at", "1665583200"])));
     assert!(debug.contains("debug mode"), "{debug}");
 }
 
