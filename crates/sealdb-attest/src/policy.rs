@@ -96,6 +96,20 @@ impl Policy {
             .is_none_or(|list| list.iter().any(|x| x == name))
     }
 
+    /// The policy's age limits that `claims` give nothing to apply to (their format has no
+    /// dated collateral, or does not date its evidence): accepted evidence was not judged
+    /// by them, which a caller may want to say.
+    pub fn limits_without_effect(&self, claims: &Claims) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.max_collateral_age_secs.is_some() && claims.collateral_issued_at.is_none() {
+            out.push("max_collateral_age_secs");
+        }
+        if self.max_evidence_age_secs.is_some() && claims.evidence_created_at.is_none() {
+            out.push("max_evidence_age_secs");
+        }
+        out
+    }
+
     /// Checks verified claims against the policy.
     pub(crate) fn evaluate(&self, c: &Claims) -> Result<(), Rejection> {
         // Simulated evidence is always debug; allowing simulation accepts that.

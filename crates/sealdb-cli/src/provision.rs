@@ -25,7 +25,7 @@ use sealdb_vault_proto::{
     Message, EXPORTER_LABEL, EXPORTER_LEN, KEY_CHECK_AAD, NONCE_LEN,
 };
 
-use crate::attest::{read_policy, unix_now, EndorsementArgs};
+use crate::attest::{read_policy, unix_now, warn_limits_without_effect, EndorsementArgs};
 use crate::{fail, Failure};
 
 /// How a policy pins one claim: only pins that exclude other code count.
@@ -234,6 +234,7 @@ pub(crate) fn provision(args: &ProvisionArgs) -> Result<Claims, Failure> {
         unix_now(),
     )
     .map_err(|reason| Failure(format!("refused to provision: {reason}"), 1))?;
+    warn_limits_without_effect(&policy, &claims);
     let signature = owner.sign(&owner_signed_message(&exporter, &nonce));
     send_key(&mut tls, key, signature)?;
     Ok(claims)

@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 
 /// A socket whose read and write timeouts can be set (TCP and Unix sockets).
 pub trait SocketTimeouts {
-    /// Sets both the read and the write timeout.
-    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()>;
+    /// Sets the read timeout.
+    fn read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+    /// Sets the write timeout.
+    fn write_timeout(&self, timeout: Duration) -> std::io::Result<()>;
 }
 
 /// std's socket types have the same two setters but no trait for them.
 macro_rules! socket_timeouts {
     ($($t:ty),*) => {$(
         impl SocketTimeouts for $t {
-            fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
-                self.set_read_timeout(Some(timeout))?;
+            fn read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+                self.set_read_timeout(Some(timeout))
+            }
+            fn write_timeout(&self, timeout: Duration) -> std::io::Result<()> {
                 self.set_write_timeout(Some(timeout))
             }
         }
@@ -27,8 +31,8 @@ macro_rules! socket_timeouts {
 socket_timeouts!(TcpStream, UnixStream);
 
 /// A socket whose reads and writes fail with [`ErrorKind::TimedOut`] once its deadline has
-/// passed, however slowly the peer sends: before each call the socket's timeouts are set
-/// to the time left.
+/// passed, however slowly the peer sends: before each read (write) the socket's read (write)
+/// timeout is set to the time left.
 #[derive(Debug)]
 pub struct Deadline<S> {
     socket: S,
@@ -54,31 +58,25 @@ impl<S: SocketTimeouts> Deadline<S> {
         self.until = start + within;
     }
 
-    /// The socket.
-    pub fn socket(&self) -> &S {
-        &self.socket
-    }
-
-    fn arm(&self) -> std::io::Result<()> {
-        let left = self
-            .until
+    /// The time left, or `TimedOut` once the deadline has passed.
+    fn left(&self) -> std::io::Result<Duration> {
+        self.until
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or(ErrorKind::TimedOut)?;
-        self.socket.set_timeouts(left)
+            .ok_or_else(|| ErrorKind::TimedOut.into())
     }
 }
 
 impl<S: SocketTimeouts + Read> Read for Deadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
+        self.socket.read_timeout(self.left()?)?;
         self.socket.read(buf)
     }
 }
 
 impl<S: SocketTimeouts + Write> Write for Deadline<S> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm()?;
+        self.socket.write_timeout(self.left()?)?;
         self.socket.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {

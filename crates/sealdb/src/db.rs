@@ -893,7 +893,8 @@ impl Db {
     }
 
     /// Creates a new data key and makes it the one new units are sealed under (the next WAL
-    /// chunk, new tables, the next manifest). Returns its id.
+    /// chunk, new tables, the next manifest). Returns its id. An I/O error writing the
+    /// registry poisons the store.
     pub fn rotate_data_key(&self) -> Result<u32> {
         self.inner.check()?;
         let r = self.inner.keys.rotate(self.inner.storage.as_ref());
